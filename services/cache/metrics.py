@@ -1,0 +1,44 @@
+"""Prometheus metrics of the cache service (registered once per process)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+from libs.runtime.metrics import LATENCY_BUCKETS
+
+LOOKUPS = Counter(
+    "llmesh_cache_lookups_total",
+    "Lookups by outcome: exact, semantic, miss, or skipped (bypass, nondeterministic, backend).",
+    ["outcome"],
+)
+HITS = Counter("llmesh_cache_hits_total", "Cache hits by kind.", ["kind"])
+MISSES = Counter("llmesh_cache_misses_total", "Lookups that found nothing to serve.")
+STORES = Counter("llmesh_cache_stores_total", "Store calls by result: stored, skipped or failed.", ["result"])
+BACKEND_ERRORS = Counter(
+    "llmesh_cache_backend_errors_total", "Redis failures or timeouts, by operation.", ["op"]
+)
+CORRUPT_ENTRIES = Counter(
+    "llmesh_cache_corrupt_entries_total", "Stored values that failed to decode and were deleted."
+)
+LEASES = Counter(
+    "llmesh_cache_leases_total",
+    "Single-flight outcomes: granted, takeover (after expiry), waited_hit, wait_timeout, busy.",
+    ["outcome"],
+)
+SEMANTIC_REJECTS = Counter(
+    "llmesh_cache_semantic_rejects_total",
+    "Semantic candidates above the threshold that were not served, by reason.",
+    ["reason"],
+)
+INVALIDATED = Counter("llmesh_cache_invalidated_total", "Entries deleted by Invalidate.", ["scope"])
+LOOKUP_LATENCY = Histogram(
+    "llmesh_cache_lookup_seconds",
+    "Lookup latency inside the service, by outcome.",
+    ["outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+SIMILARITY = Histogram(
+    "llmesh_cache_semantic_similarity",
+    "Cosine similarity of the best semantic candidate of each semantic lookup.",
+    buckets=(0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98, 0.99, 1.0),
+)

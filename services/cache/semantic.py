@@ -1,0 +1,167 @@
+"""Semantic index: per-namespace vector mirrors kept in step with Redis, plus hit guards.
+
+Each replica keeps an in-memory `VectorMirror` per namespace (least recently used ones are
+dropped). Before a search the mirror reads the namespace's change log after its own version (one
+round trip, usually empty); a generation change (the namespace was wiped) or a gap in the log
+(it was trimmed past us) triggers a full reload from the `vec` hash, which runs as a task so a
+slow reload of a big namespace never blocks lookups beyond their own budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable
+
+import numpy as np
+
+from services.cache.keys import Namespace
+from services.cache.redis_store import LogEntry, RedisStore
+from services.cache.vectors import Neighbour, Vector, VectorMirror
+
+log = logging.getLogger(__name__)
+
+_LOG_BATCH = 2000
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+def numbers_in(text: str) -> tuple[str, ...]:
+    """The digit groups of a text in order ("1,000" and "1000" compare equal)."""
+    return tuple(n.replace(",", "") for n in _NUMBER.findall(text))
+
+
+def numbers_agree(a: str, b: str) -> bool:
+    """Whether two prompts mention the same numbers in the same order.
+
+    Embeddings place "convert 30 USD to EUR" and "convert 40 USD to EUR" very close; answering
+    one with the other is a wrong answer, not a near one, so a semantic hit needs equal numbers.
+    """
+    return numbers_in(a) == numbers_in(b)
+
+
+class IndexLoading(Exception):
+    """The namespace mirror is being reloaded and was not ready within the lookup's budget."""
+
+
+class SemanticIndex:
+    """Nearest-neighbour search over the vectors of each namespace, synced from Redis."""
+
+    def __init__(
+        self,
+        store: RedisStore,
+        dim: int,
+        max_entries_per_namespace: int,
+        max_namespaces: int = 256,
+        reload_timeout_s: float = 30.0,
+        on_reload: Callable[[Namespace, int], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._dim = dim
+        self._max_entries = max_entries_per_namespace
+        self._max_namespaces = max_namespaces
+        self._reload_timeout_s = reload_timeout_s
+        self._on_reload = on_reload
+        self._mirrors: OrderedDict[Namespace, VectorMirror] = OrderedDict()
+        self._locks: dict[Namespace, asyncio.Lock] = {}
+        self._reloads: dict[Namespace, asyncio.Task[None]] = {}
+        # Used when this replica creates a namespace's generation token.
+        self._generation = secrets.token_hex(8)
+
+    def mirror_size(self, ns: Namespace) -> int:
+        """Rows in this replica's mirror of a namespace (0 when not loaded)."""
+        mirror = self._mirrors.get(ns)
+        return len(mirror) if mirror else 0
+
+    async def add(self, ns: Namespace, entry_hash: str, vector: Vector) -> None:
+        """Write a vector to Redis; mirrors (this one included) pick it up from the log."""
+        blob = np.ascontiguousarray(vector, dtype="<f4").tobytes()
+        await self._store.add_vector(ns, entry_hash, blob, self._max_entries, self._generation)
+
+    async def remove(self, ns: Namespace, entry_hash: str) -> None:
+        """Remove a vector from Redis and from this replica's mirror."""
+        await self._store.remove_vector(ns, entry_hash)
+        mirror = self._mirrors.get(ns)
+        if mirror is not None:
+            mirror.remove(entry_hash)
+
+    def forget(self, predicate: Callable[[Namespace], bool]) -> None:
+        """Drop local mirrors of namespaces that were wiped (they reload on next use)."""
+        for ns in [ns for ns in self._mirrors if predicate(ns)]:
+            del self._mirrors[ns]
+
+    async def search(
+        self, ns: Namespace, query: Vector, k: int, min_similarity: float, budget_s: float
+    ) -> list[Neighbour]:
+        """Sync the namespace mirror, then return its k nearest rows above min_similarity.
+
+        Raises IndexLoading when a full reload does not finish within budget_s, and
+        BackendError when Redis fails.
+        """
+        mirror = await self._synced(ns, budget_s)
+        return mirror.search(query, k, min_similarity)
+
+    async def _synced(self, ns: Namespace, budget_s: float) -> VectorMirror:
+        lock = self._locks.setdefault(ns, asyncio.Lock())
+        async with asyncio.timeout(budget_s):
+            async with lock:
+                mirror = self._mirrors.get(ns)
+                if mirror is not None:
+                    self._mirrors.move_to_end(ns)
+                    if await self._catch_up(ns, mirror, budget_s):
+                        return mirror
+        # Unknown namespace, new generation or a gap in the log: reload in a task.
+        task = self._reloads.get(ns)
+        if task is None or task.done():
+            task = asyncio.create_task(self._reload(ns), name=f"cache-reload-{ns.prefix}")
+            self._reloads[ns] = task
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=budget_s)
+        except TimeoutError as err:
+            raise IndexLoading(f"semantic index of {ns.tenant}/{ns.model} is loading") from err
+        return self._mirrors[ns]
+
+    async def _catch_up(self, ns: Namespace, mirror: VectorMirror, budget_s: float) -> bool:
+        """Apply the log after mirror.version; False when a full reload is needed."""
+        while True:
+            generation, entries = await self._store.read_log(ns, mirror.version, _LOG_BATCH, budget_s)
+            if generation != mirror.generation:
+                return False
+            if not entries:
+                return True
+            if not self._apply(mirror, entries):
+                return False
+            if len(entries) < _LOG_BATCH:
+                return True
+
+    def _apply(self, mirror: VectorMirror, entries: list[LogEntry]) -> bool:
+        for entry in entries:
+            if entry.version != mirror.version + 1:
+                return False
+            if entry.op == "a":
+                mirror.upsert(entry.entry_hash, np.frombuffer(entry.vector, dtype="<f4"))
+            elif entry.op == "d":
+                mirror.remove(entry.entry_hash)
+            mirror.version = entry.version
+        return True
+
+    async def _reload(self, ns: Namespace) -> None:
+        snapshot = await self._store.snapshot(ns, self._reload_timeout_s)
+        mirror = VectorMirror(self._dim)
+        for entry_hash, blob in snapshot.vectors.items():
+            vector = np.frombuffer(blob, dtype="<f4")
+            if vector.shape == (self._dim,):
+                mirror.upsert(entry_hash, vector)
+            else:
+                log.warning("dropping a %d-byte vector of the wrong size in %s", len(blob), ns.prefix)
+        mirror.generation = snapshot.generation
+        mirror.version = snapshot.version
+        self._mirrors[ns] = mirror
+        self._mirrors.move_to_end(ns)
+        while len(self._mirrors) > self._max_namespaces:
+            evicted, _ = self._mirrors.popitem(last=False)
+            self._locks.pop(evicted, None)
+        if self._on_reload is not None:
+            self._on_reload(ns, len(mirror))
