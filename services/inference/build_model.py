@@ -168,7 +168,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, default=Path("build/models"), help="output root")
     parser.add_argument(
-        "--source", type=Path, default=None, help="local Hugging Face causal-LM folder (default: SmolLM2 GGUF)"
+        "--source",
+        type=Path,
+        default=None,
+        help="local Hugging Face causal-LM folder (default: the SmolLM2 GGUF)",
     )
     parser.add_argument("--name", default="smollm2-135m", help="model name used in served model ids")
     parser.add_argument("--precisions", default=",".join(PRECISIONS), help="comma list of fp32,int8,int4")

@@ -1,0 +1,376 @@
+"""Continuous-batching generation engine over a genai-built ONNX decoder.
+
+One dedicated thread owns the ONNX Runtime session and runs the loop: at every step it admits a
+few queued requests (each prefilled on its own, into its own KV slot), then decodes one token for
+every running sequence in a single batched call. Sequences join and leave the batch between
+steps; a finished or cancelled sequence frees its slot immediately. Callers submit from any
+thread with a sink callback, or use :meth:`Engine.generate` from asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnxruntime as ort
+from opentelemetry import trace
+from tokenizers import Tokenizer
+
+from libs.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from services.inference.generation import Delta, FinishReason, GenerationRequest, Usage
+from services.inference.kv_slots import KvSlots
+from services.inference.metrics import EngineMetrics
+from services.inference.model_info import ModelFolder
+from services.inference.sampling import Sampler
+from services.inference.text_stream import IncrementalDetokenizer, StopMatcher
+
+log = logging.getLogger("llmesh.inference.engine")
+
+Sink = Callable[[Delta], object]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Engine limits; the service settings map onto these."""
+
+    max_batch: int = 16
+    max_queue: int = 64
+    threads: int = 2
+    max_context: int = 2048
+    default_max_tokens: int = 256
+    prefills_per_step: int = 2
+
+
+@dataclass(eq=False)
+class _Sequence:
+    request: GenerationRequest
+    sink: Sink
+    max_new: int
+    sampler: Sampler
+    detok: IncrementalDetokenizer
+    stops: StopMatcher
+    submitted: float
+    admitted: float = 0.0
+    last_token_at: float = 0.0
+    first_token_ms: float = 0.0
+    slot: int = -1
+    length: int = 0
+    last_token: int = 0
+    generated: list[int] = field(default_factory=list)
+    cancelled: bool = False
+    done: bool = False
+
+
+class Ticket:
+    """Handle of a submitted request; ``cancel`` frees its queue entry or slot."""
+
+    def __init__(self, engine: Engine, seq: _Sequence) -> None:
+        self._engine = engine
+        self._seq = seq
+
+    def cancel(self) -> None:
+        self._engine._cancel(self._seq)
+
+
+class Engine:
+    """Serves one model folder with continuous batching."""
+
+    def __init__(
+        self, folder: ModelFolder, config: EngineConfig, metrics: EngineMetrics, served_name: str = ""
+    ) -> None:
+        self.folder = folder
+        self.config = config
+        self.name = served_name or folder.manifest.served_name
+        self.context_length = min(folder.manifest.context_length, config.max_context)
+        self._metrics = metrics
+        self._eos = frozenset(folder.manifest.eos_token_ids)
+        self._cond = threading.Condition()
+        self._pending: collections.deque[_Sequence] = collections.deque()
+        self._running: list[_Sequence] = []
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._session: ort.InferenceSession | None = None
+        self._kv: KvSlots | None = None
+        self._tokenizer = Tokenizer.from_file(str(folder.path / "tokenizer.json"))
+        self._service_s = 1.0
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Load the session, warm it up and start the engine thread (blocking; call off-loop)."""
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.config.threads
+        opts.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(str(self.folder.graph), opts, providers=["CPUExecutionProvider"])
+        self._kv = KvSlots(self.folder.layout, self.config.max_batch, self.context_length)
+        self._forward(np.array([[self.folder.manifest.eos_token_ids[0]] * 4], np.int64), [4], 0)
+        self._thread = threading.Thread(target=self._loop, name=f"engine-{self.name}", daemon=True)
+        self._thread.start()
+        log.info(
+            "engine %s ready: context %d, max batch %d", self.name, self.context_length, self.config.max_batch
+        )
+
+    def stop(self) -> None:
+        """Stop the loop; every queued or running request ends with an Unavailable error."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        for seq in [*self._pending, *self._running]:
+            seq.sink(Delta([], "", error=Unavailable(f"model {self.name} is shutting down")))
+        self._pending.clear()
+        self._running.clear()
+
+    @property
+    def ready(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    # ----------------------------------------------------------------- submission
+
+    def validate(self, request: GenerationRequest) -> int:
+        """Check a request against the model; return its max new tokens."""
+        request.sampling.validate()
+        prompt = request.prompt_token_ids
+        if not prompt:
+            raise InvalidArgument("prompt_token_ids is empty")
+        vocab = self.folder.layout.vocab_size
+        bad = [t for t in prompt if not 0 <= t < vocab]
+        if bad:
+            raise InvalidArgument(f"token id {bad[0]} outside the vocabulary [0, {vocab})")
+        room = self.context_length - len(prompt)
+        wanted = request.sampling.max_tokens
+        if wanted is None:
+            if room < 1:
+                raise InvalidArgument(
+                    f"prompt of {len(prompt)} tokens leaves no room in the context window of "
+                    f"{self.context_length} tokens"
+                )
+            return min(self.config.default_max_tokens, room)
+        if wanted > room:
+            raise InvalidArgument(
+                f"prompt ({len(prompt)} tokens) + max_tokens ({wanted}) exceeds the context window of "
+                f"{self.context_length} tokens"
+            )
+        return wanted
+
+    def submit(self, request: GenerationRequest, sink: Sink) -> Ticket:
+        """Queue a request; ``sink`` receives its deltas on the engine thread."""
+        max_new = self.validate(request)
+        seq = _Sequence(
+            request=request,
+            sink=sink,
+            max_new=max_new,
+            sampler=Sampler(request.sampling),
+            detok=IncrementalDetokenizer(self._tokenizer),
+            stops=StopMatcher(request.sampling.stop),
+            submitted=time.perf_counter(),
+        )
+        with self._cond:
+            if self._stopping or not self.ready:
+                raise FailedPrecondition(f"model {self.name} is not running")
+            if len(self._pending) >= self.config.max_queue:
+                self._metrics.rejected.labels(self.name).inc()
+                waves = (len(self._pending) + len(self._running)) / self.config.max_batch
+                raise ResourceExhausted(
+                    f"model {self.name}: {len(self._pending)} requests queued "
+                    f"(limit {self.config.max_queue})",
+                    retry_after_s=round(max(0.1, waves * self._service_s), 2),
+                )
+            self._pending.append(seq)
+            self._metrics.queued.labels(self.name).set(len(self._pending))
+            self._cond.notify_all()
+        return Ticket(self, seq)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """Stream deltas of one request; leaving the iteration early cancels it."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Delta] = asyncio.Queue()
+        ticket = self.submit(request, lambda d: loop.call_soon_threadsafe(queue.put_nowait, d))
+        span = trace.get_current_span()
+        first = True
+        finished = False
+        try:
+            while True:
+                delta = await queue.get()
+                if delta.error is not None:
+                    finished = True
+                    raise delta.error
+                if first:
+                    first = False
+                    span.add_event("queue_wait", {"llmesh.queue_ms": delta.queue_ms})
+                    span.add_event("prefill", {"llmesh.ttft_ms": delta.ttft_ms})
+                if delta.finished:
+                    finished = True
+                    usage = delta.usage
+                    span.add_event(
+                        "decode",
+                        {
+                            "llmesh.completion_tokens": usage.completion_tokens if usage else 0,
+                            "llmesh.finish_reason": delta.finish_reason.value if delta.finish_reason else "",
+                        },
+                    )
+                yield delta
+                if finished:
+                    return
+        finally:
+            if not finished:
+                ticket.cancel()
+
+    def _cancel(self, seq: _Sequence) -> None:
+        with self._cond:
+            seq.cancelled = True
+            if seq in self._pending:
+                self._pending.remove(seq)
+                seq.done = True
+                self._metrics.finished.labels(self.name, FinishReason.CANCELLED.value).inc()
+                self._metrics.queued.labels(self.name).set(len(self._pending))
+            self._cond.notify_all()
+
+    # ----------------------------------------------------------------- engine thread
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._running and not self._pending and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                room = self.config.max_batch - len(self._running)
+                admitted = [
+                    self._pending.popleft()
+                    for _ in range(min(room, self.config.prefills_per_step, len(self._pending)))
+                ]
+                self._metrics.queued.labels(self.name).set(len(self._pending))
+            try:
+                self._step(admitted)
+            except Exception as exc:  # a failed run is logged and reported to every caller
+                log.exception("engine %s step failed", self.name)
+                for seq in [*admitted, *self._running]:
+                    if not seq.done:
+                        seq.done = True
+                        seq.sink(Delta([], "", error=Unavailable(f"model {self.name} failed: {exc}")))
+                self._running.clear()
+            self._metrics.running.labels(self.name).set(len(self._running))
+
+    def _step(self, admitted: list[_Sequence]) -> None:
+        for seq in [s for s in self._running if s.cancelled]:
+            self._finish(seq, FinishReason.CANCELLED)
+        for seq in admitted:
+            if seq.cancelled:
+                continue
+            self._prefill(seq)
+        if self._running:
+            self._decode()
+
+    def _prefill(self, seq: _Sequence) -> None:
+        now = time.perf_counter()
+        seq.admitted = now
+        self._metrics.queue_wait.labels(self.name).observe(now - seq.submitted)
+        seq.slot = len(self._running)
+        self._running.append(seq)
+        prompt = seq.request.prompt_token_ids
+        logits = self._forward(np.array([prompt], np.int64), [len(prompt)], seq.slot)
+        seq.length = len(prompt)
+        self._accept(seq, seq.sampler(logits[0, -1]))
+
+    def _decode(self) -> None:
+        batch = list(self._running)
+        self._metrics.batch_size.labels(self.name).observe(len(batch))
+        ids = np.array([[s.last_token] for s in batch], np.int64)
+        logits = self._forward(ids, [s.length + 1 for s in batch], 0)
+        # Every row's cache grew by one before any sequence can leave and move slots.
+        for seq in batch:
+            seq.length += 1
+        for i, seq in enumerate(batch):
+            self._accept(seq, seq.sampler(logits[i, -1]))
+
+    def _forward(self, input_ids: np.ndarray, totals: list[int], first_slot: int) -> np.ndarray:
+        """Run the decoder on slots ``first_slot..`` with ``totals[i]`` tokens in row i after this step."""
+        assert self._session is not None and self._kv is not None
+        mask = np.zeros((len(totals), max(totals)), np.int64)
+        for row, total in enumerate(totals):
+            mask[row, :total] = 1
+        binding = self._session.io_binding()
+        lay = self.folder.layout
+        binding.bind_cpu_input(lay.input_ids, input_ids)
+        binding.bind_cpu_input(lay.attention_mask, mask)
+        binding.bind_output(lay.logits)
+        self._kv.bind(binding, first_slot, len(totals))
+        self._session.run_with_iobinding(binding)
+        logits: np.ndarray = binding.get_outputs()[0].numpy()
+        return logits
+
+    def _accept(self, seq: _Sequence, token: int) -> None:
+        now = time.perf_counter()
+        first = not seq.generated and seq.first_token_ms == 0.0
+        if first:
+            seq.first_token_ms = (now - seq.admitted) * 1000
+            self._metrics.ttft.labels(self.name).observe(now - seq.submitted)
+        else:
+            self._metrics.inter_token.labels(self.name).observe(now - seq.last_token_at)
+        seq.last_token_at = now
+        self._metrics.tokens.labels(self.name).inc()
+        if token in self._eos:
+            self._finish(seq, FinishReason.STOP)
+            return
+        seq.generated.append(token)
+        seq.last_token = token
+        text = seq.stops.push(seq.detok.push(token))
+        if seq.stops.matched:
+            self._finish(seq, FinishReason.STOP, [token], text)
+        elif len(seq.generated) >= seq.max_new:
+            self._finish(seq, FinishReason.LENGTH, [token], text)
+        else:
+            seq.sink(self._delta(seq, [token], text, first))
+
+    def _delta(self, seq: _Sequence, tokens: list[int], text: str, first: bool) -> Delta:
+        delta = Delta(tokens, text)
+        if first:
+            delta.queue_ms = (seq.admitted - seq.submitted) * 1000
+            delta.ttft_ms = seq.first_token_ms
+        return delta
+
+    def _finish(
+        self, seq: _Sequence, reason: FinishReason, tokens: list[int] | None = None, text: str = ""
+    ) -> None:
+        if not seq.stops.matched:
+            text += seq.stops.flush()
+        self._release(seq)
+        seq.done = True
+        self._metrics.finished.labels(self.name, reason.value).inc()
+        elapsed = time.perf_counter() - seq.submitted
+        self._service_s = 0.9 * self._service_s + 0.1 * elapsed
+        if reason is FinishReason.CANCELLED:
+            return
+        delta = self._delta(seq, tokens or [], text, first=len(seq.generated) <= 1)
+        delta.finish_reason = reason
+        delta.usage = Usage(len(seq.request.prompt_token_ids), len(seq.generated))
+        seq.sink(delta)
+
+    def _release(self, seq: _Sequence) -> None:
+        """Free the sequence's slot, moving the last running sequence into it."""
+        assert self._kv is not None
+        slot = seq.slot
+        last = self._running[-1]
+        if last is not seq:
+            self._kv.move(last.slot, slot, last.length)
+            last.slot = slot
+            self._running[slot] = last
+        self._running.pop()
+        seq.slot = -1
