@@ -156,6 +156,10 @@ class ResponseCache:
         self._waiting: dict[tuple[Namespace, str], int] = {}
         self._background: set[asyncio.Task[object]] = set()
 
+    def attach_embedder(self, embedder: Embedder) -> None:
+        """Enable semantic lookups once the embedder is loaded (a start hook calls this)."""
+        self._embedder = embedder
+
     # ---------------------------------------------------------------- lookup
 
     async def lookup(
@@ -436,7 +440,8 @@ class ResponseCache:
 
     def _backend_failed(self, op: str, err: BaseException) -> None:
         self.backend_up = False
-        self.stats.backend_errors += 1
+        if op == "lookup":
+            self.stats.backend_errors += 1
         metrics.BACKEND_ERRORS.labels(op).inc()
         suppressed = self._throttle.allow(op)
         if suppressed is not None:
