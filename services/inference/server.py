@@ -1,0 +1,57 @@
+"""Wires the inference service: model backends, servicer, lifecycle hooks. No side effects on build."""
+
+from __future__ import annotations
+
+import logging
+
+from llmesh.inference.v1 import inference_service_pb2 as pb
+from llmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from libs.runtime.server import GrpcService
+from services.inference.backends import EmbeddedBackend, ModelRegistry, model_folder
+from services.inference.engine import EngineConfig
+from services.inference.metrics import EngineMetrics
+from services.inference.servicer import InferenceServicer
+from services.inference.settings import InferenceSettings
+
+NAME = "inference"
+log = logging.getLogger("llmesh.inference")
+
+
+def build_server(settings: InferenceSettings, registry: CollectorRegistry = REGISTRY) -> GrpcService:
+    """The inference service, ready to start: models load and warm up in the start hook."""
+    models = ModelRegistry()
+    service = GrpcService(NAME, settings)
+    service.add_servicer(
+        pb_grpc.add_InferenceServiceServicer_to_server,
+        InferenceServicer(models, settings.max_batch, settings.max_queue),
+        pb.DESCRIPTOR.services_by_name["InferenceService"].full_name,
+    )
+    config = EngineConfig(
+        max_batch=settings.max_batch,
+        max_queue=settings.max_queue,
+        threads=settings.threads,
+        max_context=settings.max_context,
+        default_max_tokens=settings.default_max_tokens,
+    )
+
+    async def load() -> None:
+        if not settings.model_names:
+            raise RuntimeError("LLMESH_INFERENCE_MODELS is empty")
+        backend = settings.resolved_backend
+        if backend == "triton":
+            from services.inference.triton_backend import TritonBackend
+
+            for name in settings.model_names:
+                models.add(TritonBackend(settings.triton_url, model_folder(settings.models_dir, name)))
+        else:
+            metrics = EngineMetrics(registry)
+            for name in settings.model_names:
+                models.add(EmbeddedBackend(model_folder(settings.models_dir, name), config, metrics))
+        await models.start()
+        log.info("serving %s on the %s backend", settings.model_names, backend)
+
+    service.on_start(load)
+    service.on_stop(models.stop)
+    return service
