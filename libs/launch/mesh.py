@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -205,6 +206,8 @@ class Mesh:
 
     def stop(self) -> None:
         """Stop every part by PID, newest first."""
+        for name in reversed(list(self.procs)):
+            self.procs[name].signal(signal.SIGTERM)
         for name in reversed(list(self.procs)):
             self.procs[name].stop(grace_s=15)
 

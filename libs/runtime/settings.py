@@ -26,6 +26,12 @@ class ServiceSettings(BaseSettings):
     grace_period_s: float = Field(
         10.0, gt=0, description="Seconds in-flight calls get to finish after SIGTERM."
     )
+    drain_delay_s: float = Field(
+        0.5,
+        ge=0,
+        description="Seconds between reporting NOT_SERVING and refusing new calls on SIGTERM, so load "
+        "balancers and probes notice before the port closes.",
+    )
     max_message_mb: int = Field(8, gt=0, description="Largest gRPC message accepted or sent, MiB.")
     max_concurrent_rpcs: int = Field(
         1024, gt=0, description="Calls served at once; more are refused with RESOURCE_EXHAUSTED."
