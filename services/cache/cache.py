@@ -35,7 +35,7 @@ from services.cache.keys import (
     tenant_pattern,
 )
 from services.cache.redis_store import BackendError, RedisStore
-from services.cache.semantic import IndexLoading, SemanticIndex, numbers_agree
+from services.cache.semantic import IndexLoading, SemanticIndex, guard_rejects
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class CachePolicy:
 
     default_ttl_s: int = 3600
     ttl_overrides: Mapping[str, int] = field(default_factory=dict)
-    semantic_threshold: float = 0.9
+    semantic_threshold: float = 0.82
     threshold_overrides: Mapping[str, float] = field(default_factory=dict)
     lease_ms: int = 10_000
     max_entries_per_namespace: int = 200_000
@@ -325,8 +325,9 @@ class ResponseCache:
             if entry.sampling_digest != digest:
                 metrics.SEMANTIC_REJECTS.labels("sampling").inc()
                 continue
-            if not numbers_agree(entry.semantic_text, key.semantic_text):
-                metrics.SEMANTIC_REJECTS.labels("numbers").inc()
+            rejected = guard_rejects(entry.semantic_text, key.semantic_text)
+            if rejected:
+                metrics.SEMANTIC_REJECTS.labels(rejected).inc()
                 continue
             return LookupResult(
                 True, HitKind.SEMANTIC, entry, candidate.similarity, ns.entry_id(candidate.entry_hash)

@@ -42,6 +42,103 @@ def numbers_agree(a: str, b: str) -> bool:
     return numbers_in(a) == numbers_in(b)
 
 
+_WORD = re.compile(r"[a-z0-9$%']+")
+# Function words ignored when comparing the content of two prompts.
+_STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "do",
+        "does",
+        "did",
+        "i",
+        "me",
+        "my",
+        "you",
+        "your",
+        "we",
+        "our",
+        "it",
+        "its",
+        "this",
+        "that",
+        "to",
+        "of",
+        "in",
+        "on",
+        "at",
+        "for",
+        "from",
+        "by",
+        "with",
+        "and",
+        "or",
+        "how",
+        "what",
+        "what's",
+        "whats",
+        "which",
+        "who",
+        "why",
+        "when",
+        "where",
+        "can",
+        "could",
+        "should",
+        "would",
+        "will",
+        "please",
+        "tell",
+        "give",
+        "show",
+        "explain",
+        "some",
+        "about",
+        "into",
+        "as",
+    ]
+)
+
+
+def content_words(text: str) -> list[str]:
+    """Lower-cased content words in order, plural "s" stripped ("APIs" == "API")."""
+    words = (w.strip("'") for w in _WORD.findall(text.lower()))
+    return [
+        w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
+        for w in words
+        if w and w not in _STOPWORDS
+    ]
+
+
+def single_swap(a: str, b: str) -> bool:
+    """Whether two prompts differ by exactly one swapped content word, or only in word order.
+
+    "pivot table in Excel" vs "... in Google Sheets", "Tuesday" vs "Thursday", "Boston to
+    Chicago" vs "Chicago to Boston": near-identical embeddings, different questions. Real
+    paraphrases reword more than one word, or only add or drop words.
+    """
+    wa, wb = content_words(a), content_words(b)
+    only_a, only_b = set(wa) - set(wb), set(wb) - set(wa)
+    if len(only_a) == 1 and len(only_b) == 1:
+        return True
+    return not only_a and not only_b and wa != wb and sorted(wa) == sorted(wb)
+
+
+def guard_rejects(stored: str, asked: str) -> str:
+    """Why a semantic candidate must not answer this prompt ("" when it may)."""
+    if not numbers_agree(stored, asked):
+        return "numbers"
+    if single_swap(stored, asked):
+        return "swap"
+    return ""
+
+
 class IndexLoading(Exception):
     """The namespace mirror is being reloaded and was not ready within the lookup's budget."""
 

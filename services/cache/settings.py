@@ -31,7 +31,7 @@ class CacheSettings(ServiceSettings):
         description='TTL per "tenant" or "tenant/model", as JSON, e.g. {"acme/smollm2": 600}.',
     )
     semantic_threshold: float = Field(
-        0.86, gt=0, le=1, description="Default cosine similarity a semantic hit needs (see README)."
+        0.82, gt=0, le=1, description="Default cosine similarity a semantic hit needs (see README)."
     )
     semantic_thresholds: dict[str, float] = Field(
         default_factory=dict, description='Threshold per "tenant" or "tenant/model", as JSON.'
