@@ -1,0 +1,1 @@
+"""The `llmesh` command line: one module per subcommand, loaded when used."""
