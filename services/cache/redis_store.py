@@ -126,14 +126,18 @@ class RedisStore:
         log_max_len: int = 100_000,
     ) -> RedisStore:
         """A store with its own pool; sockets time out after `slow_timeout_s` (snapshots, scans)."""
-        client = aioredis.Redis.from_url(
+        # A blocking pool: a burst beyond max_connections queues for a connection (bounded by
+        # the call's own timeout) instead of failing with "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=slow_timeout_s,
             socket_timeout=slow_timeout_s,
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
-            max_connections=max_connections,
             health_check_interval=0,
         )
+        client = aioredis.Redis(connection_pool=pool)
         return cls(client, timeout_s, log_max_len)
 
     async def close(self) -> None:
