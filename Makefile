@@ -40,6 +40,7 @@ libs/gen/.stamp: $(PROTOS) protos/generate.py buf.yaml $(STAMP_VENV)
 	touch $@
 
 $(DESCRIPTOR): $(PROTOS) buf.yaml $(STAMP_VENV)
+	mkdir -p $(dir $@)
 	$(VENV)/bin/buf build -o $@
 
 gen: libs/gen/.stamp $(DESCRIPTOR)
