@@ -9,6 +9,7 @@ through `add_response_metadata`.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import time
@@ -181,19 +182,91 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         return handle
 
 
+class _ClientSpans:
+    """A CLIENT span per outgoing call, current while the call starts so `traceparent` names it.
+
+    The span ends when the call is done (a stream: when its last message and status arrived or
+    it was cancelled), with the gRPC status code as `rpc.grpc.status_code`.
+    """
+
+    def __init__(self) -> None:
+        self.tracer = telemetry.tracer("llmesh.client")
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def call(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
+        details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        method = details.method.decode() if isinstance(details.method, bytes) else str(details.method)
+        parts = method.strip("/").split("/")
+        span = self.tracer.start_span(
+            method.lstrip("/"),
+            kind=SpanKind.CLIENT,
+            attributes={"rpc.system": "grpc", "rpc.service": parts[0], "rpc.method": parts[-1]},
+        )
+        with trace.use_span(span, end_on_exit=False):
+            traced = _with_trace(details)
+        try:
+            call = await continuation(traced, request)
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            span.end()
+            raise
+        call.add_done_callback(lambda done: self._on_done(span, done))
+        return call
+
+    def _on_done(self, span: trace.Span, call: grpc.aio.Call) -> None:
+        end_ns = time.time_ns()
+        task = asyncio.get_running_loop().create_task(self._finish(span, call, end_ns))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    @staticmethod
+    async def _finish(span: trace.Span, call: grpc.aio.Call, end_ns: int) -> None:
+        try:
+            code = await call.code()
+            details = await call.details()
+        except asyncio.CancelledError:
+            code, details = grpc.StatusCode.CANCELLED, "cancelled"
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code != grpc.StatusCode.OK:
+            span.set_status(Status(StatusCode.ERROR, f"{code.name}: {details or ''}".rstrip(": ")))
+        span.end(end_time=end_ns)
+
+
 class _TraceUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, spans: _ClientSpans):
+        self.spans = spans
+
     async def intercept_unary_unary(self, continuation, client_call_details, request):
-        return await continuation(_with_trace(client_call_details), request)
+        return await self.spans.call(continuation, client_call_details, request)
 
 
 class _TraceUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, spans: _ClientSpans):
+        self.spans = spans
+
     async def intercept_unary_stream(self, continuation, client_call_details, request):
-        return await continuation(_with_trace(client_call_details), request)
+        return await self.spans.call(continuation, client_call_details, request)
+
+
+class _TraceStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, spans: _ClientSpans):
+        self.spans = spans
+
+    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return await self.spans.call(continuation, client_call_details, request_iterator)
 
 
 class _TraceStreamStream(grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, spans: _ClientSpans):
+        self.spans = spans
+
     async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
-        return await continuation(_with_trace(client_call_details), request_iterator)
+        return await self.spans.call(continuation, client_call_details, request_iterator)
 
 
 def _with_trace(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
@@ -207,5 +280,11 @@ def _with_trace(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetai
 
 
 def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
-    """Interceptors that carry the current trace context on every outgoing call."""
-    return [_TraceUnaryUnary(), _TraceUnaryStream(), _TraceStreamStream()]
+    """Interceptors that open a CLIENT span per outgoing call and carry its trace context."""
+    spans = _ClientSpans()
+    return [
+        _TraceUnaryUnary(spans),
+        _TraceUnaryStream(spans),
+        _TraceStreamUnary(spans),
+        _TraceStreamStream(spans),
+    ]
