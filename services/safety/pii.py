@@ -30,7 +30,7 @@ def find_emails(text: str) -> Iterator[Detection]:
 
 
 # ----------------------------------------------------------------------------------------- cards
-_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){11,18}(?![\d-])")
+_CARD = re.compile(r"(?<![\d-])(?<!\d )\d(?:[ -]?\d){11,18}(?![ -]?\d)")
 
 
 def luhn_valid(digits: str) -> bool:

@@ -43,6 +43,10 @@ STAMP = "train_stamp.json"
 TOXICITY_SAMPLE = Path(__file__).resolve().parent / "data" / "toxicity_sample.csv"
 TOXICITY_METRICS = "toxicity_metrics.json"
 TOXICITY_THRESHOLD = 0.5
+# Short benign chat turns and requests carrying contact details: the S-Labs benign class is almost
+# all well-formed questions, so without these "hi" or "mail it to x@y.com" score as injections.
+# Added to the training split only; the test split stays untouched.
+BENIGN_EXTRA = Path(__file__).resolve().parent / "data" / "benign_chat.txt"
 
 log = logging.getLogger("llmesh.safety.train")
 
@@ -98,6 +102,7 @@ def _fingerprint(model_dir: Path, folder: Path) -> str:
     for name in ("train.csv", "validation.csv", "test.csv"):
         digest.update((folder / name).read_bytes())
     digest.update(TOXICITY_SAMPLE.read_bytes())
+    digest.update(BENIGN_EXTRA.read_bytes())
     return digest.hexdigest()
 
 
@@ -138,8 +143,13 @@ def train(out: Path, model_dir: Path, threads: int = 2, force: bool = False) -> 
         log.info("C=%s validation F1=%.4f", c, f1)
         if f1 > best_f1:
             best_c, best_f1 = c, f1
+    extra = [line.strip() for line in BENIGN_EXTRA.read_text(encoding="utf-8").splitlines() if line.strip()]
+    extra_vectors = embedder.embed(extra)
     model = LogisticRegression(C=best_c, max_iter=2000, random_state=SEED)
-    model.fit(vectors[rest], labels[rest])
+    model.fit(
+        np.vstack([vectors[rest], extra_vectors]),
+        np.concatenate([labels[rest], np.zeros(len(extra), dtype=np.int64)]),
+    )
     fit_s = time.perf_counter() - t0
 
     embedding_stamp = json.loads((model_dir / EMBEDDING_STAMP).read_text())
@@ -155,6 +165,7 @@ def train(out: Path, model_dir: Path, threads: int = 2, force: bool = False) -> 
         "rows_after_dedup": len(texts),
         "positives": int(labels.sum()),
         "split": {"train": len(fit), "validation": len(val), "test": len(test), "seed": SEED},
+        "benign_extra_rows": len(extra),
         "C": best_c,
         "validation_f1": best_f1,
         "test": [metrics(labels[test], p_test, t) for t in THRESHOLDS],
@@ -167,7 +178,7 @@ def train(out: Path, model_dir: Path, threads: int = 2, force: bool = False) -> 
     (out / METRICS_FILE).write_text(json.dumps(report, indent=2) + "\n")
     (out / TOXICITY_METRICS).write_text(json.dumps(toxicity_report(), indent=2) + "\n")
     stamp_path.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
-    log.info("trained in %.1f s; test %s", report["timings_s"]["total"], report["test"][0])
+    log.info("trained in %.1f s; test metrics %s", time.perf_counter() - started, report["test"])
     return True
 
 

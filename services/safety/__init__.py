@@ -1,0 +1,1 @@
+"""Safety service: PII, secrets, prompt injection and toxicity screening under per-tenant policy."""
