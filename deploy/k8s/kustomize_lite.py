@@ -5,7 +5,8 @@
 Supported in `kustomization.yaml` (kind Kustomization or Component): `resources` (files or
 folders holding a kustomization), `components`, `patches` (strategic-merge documents from `path`
 or inline `patch`, optionally with a `target` of kind/name/labelSelector), `namespace`, `labels`
-(`pairs`, `includeTemplates`), `images` (`newName`, `newTag`, `digest`) and `replicas`. Anything
+(`pairs`, `includeTemplates`), `images` (`newName`, `newTag`, `digest`), `replicas` and
+`configMapGenerator` (`files`, with `options.disableNameSuffixHash: true`). Anything
 else is an error rather than being ignored, so the output matches what `kubectl kustomize` would
 print for these folders. Strategic merge follows the Kubernetes rules for the lists used here:
 containers, env, ports, volumes, volumeMounts and similar lists merge by `name`; a list item or
@@ -36,6 +37,7 @@ KNOWN_KEYS = {
     "labels",
     "images",
     "replicas",
+    "configMapGenerator",
 }
 # Lists whose items carry a unique `name` and merge by it (Kubernetes patchMergeKey = name).
 MERGE_BY_NAME = {
@@ -147,7 +149,8 @@ def _apply_patch(resources: list[Resource], patch: Resource, target: dict[str, A
             continue
         body = {k: v for k, v in patch.items() if k not in ("apiVersion", "kind")}
         if target is not None:
-            body = {**body, "metadata": {k: v for k, v in (body.get("metadata") or {}).items() if k != "name"}}
+            meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "name"}
+            body = {**body, "metadata": meta}
         resources[i] = strategic_merge(res, body)
         hits += 1
     if hits == 0:
@@ -201,6 +204,7 @@ def build(folder: Path) -> list[Resource]:
     for entry in kust.get("resources") or []:
         path = folder / entry
         resources.extend(build(path) if path.is_dir() else load_documents(path))
+    resources.extend(_generate_config_maps(folder, kust.get("configMapGenerator") or []))
     for entry in kust.get("components") or []:
         resources = _apply_component(folder / entry, resources)
     _transform(folder, kust, resources)
@@ -211,6 +215,24 @@ def build(folder: Path) -> list[Resource]:
             raise KustomizeError(f"{folder}: duplicate resource {rid}")
         seen.add(rid)
     return resources
+
+
+def _generate_config_maps(folder: Path, generators: list[dict[str, Any]]) -> list[Resource]:
+    out: list[Resource] = []
+    for gen in generators:
+        unknown = set(gen) - {"name", "files", "options"}
+        if unknown or not (gen.get("options") or {}).get("disableNameSuffixHash"):
+            raise KustomizeError(
+                f"{folder}: configMapGenerator {gen.get('name')}: only `files` with "
+                "options.disableNameSuffixHash: true is supported"
+            )
+        data = {}
+        for entry in gen["files"]:
+            key, _, rel = entry.rpartition("=") if "=" in entry else ("", "", entry)
+            path = folder / rel
+            data[key or path.name] = path.read_text(encoding="utf-8")
+        out.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"]}, "data": data})
+    return out
 
 
 def _apply_component(folder: Path, resources: list[Resource]) -> list[Resource]:
@@ -251,7 +273,9 @@ def _transform(folder: Path, kust: dict[str, Any], resources: list[Resource]) ->
     if kust.get("images"):
         _set_images(resources, kust["images"])
     for rule in kust.get("replicas") or []:
-        hits = [r for r in resources if r["metadata"]["name"] == rule["name"] and "replicas" in r.get("spec", {})]
+        hits = [
+            r for r in resources if r["metadata"]["name"] == rule["name"] and "replicas" in r.get("spec", {})
+        ]
         if not hits:
             raise KustomizeError(f"{folder}: replicas rule matched nothing: {rule}")
         for r in hits:

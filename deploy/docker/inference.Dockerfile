@@ -1,0 +1,50 @@
+# syntax=docker/dockerfile:1
+# llmesh inference: token generation with continuous batching.
+#   make model && docker build -f deploy/docker/inference.Dockerfile -t llmesh/inference:0.1.0 .
+# Build context = repository root; inference.Dockerfile.dockerignore keeps it small.
+# Base pinned to a patch release; a release build passes the digest:
+#   --build-arg PYTHON_IMAGE=python:3.11.11-slim-bookworm@sha256:<digest>
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+# --- stubs: generated gRPC/protobuf code (libs/gen is never committed) -------------------------
+FROM ${PYTHON_IMAGE} AS stubs
+WORKDIR /src
+COPY deploy/docker/requirements/stubs.txt /tmp/stubs.txt
+RUN python -m venv /opt/tools \
+ && /opt/tools/bin/pip install --no-cache-dir --disable-pip-version-check -r /tmp/stubs.txt
+COPY protos/ protos/
+RUN /opt/tools/bin/python protos/generate.py --out /src/gen
+
+# --- deps: the service's pinned runtime packages in a venv (wheels only, no compiler) ----------
+FROM ${PYTHON_IMAGE} AS deps
+COPY deploy/docker/requirements/common.txt deploy/docker/requirements/inference.txt /tmp/req/
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --only-binary=:all: \
+      -r /tmp/req/inference.txt
+
+# --- runtime ---------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE}
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app:/app/libs/gen \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    LLMESH_INFERENCE_HOST=0.0.0.0 \
+    LLMESH_INFERENCE_METRICS_HOST=0.0.0.0
+RUN groupadd --system --gid 10001 llmesh \
+ && useradd --system --uid 10001 --gid llmesh --no-create-home --shell /usr/sbin/nologin llmesh
+WORKDIR /app
+COPY --from=deps /opt/venv /opt/venv
+COPY --from=stubs /src/gen/ libs/gen/
+COPY libs/__init__.py libs/
+COPY libs/runtime/ libs/runtime/
+COPY services/__init__.py services/
+COPY services/inference/ services/inference/
+COPY deploy/docker/healthcheck.py healthcheck.py
+# Build outputs: the int8 model from `make model` (LLMESH_INFERENCE_MODELS=smollm2-135m-int8);
+# add a COPY line per extra precision served.
+COPY build/models/smollm2-135m/int8/ build/models/smollm2-135m/int8/
+USER 10001:10001
+EXPOSE 50055 9105
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+  CMD ["python", "/app/healthcheck.py", "inference"]
+CMD ["python", "-m", "services.inference"]
