@@ -62,6 +62,7 @@ class _Sequence:
     slot: int = -1
     length: int = 0
     last_token: int = 0
+    batch: int = 1
     generated: list[int] = field(default_factory=list)
     cancelled: bool = False
     done: bool = False
@@ -203,8 +204,10 @@ class Engine:
         queue: asyncio.Queue[Delta] = asyncio.Queue()
         ticket = self.submit(request, lambda d: loop.call_soon_threadsafe(queue.put_nowait, d))
         span = trace.get_current_span()
+        span.set_attribute("llmesh.model", self.name)
         first = True
         finished = False
+        steps, batch_max, batch_sum = 0, 0, 0
         try:
             while True:
                 delta = await queue.get()
@@ -215,6 +218,11 @@ class Engine:
                     first = False
                     span.add_event("queue_wait", {"llmesh.queue_ms": delta.queue_ms})
                     span.add_event("prefill", {"llmesh.ttft_ms": delta.ttft_ms})
+                elif delta.token_ids:
+                    steps, batch_sum = steps + 1, batch_sum + delta.batch_size
+                    batch_max = max(batch_max, delta.batch_size)
+                    step = {"llmesh.batch_size": delta.batch_size, "llmesh.tokens": len(delta.token_ids)}
+                    span.add_event("decode_step", step)
                 if delta.finished:
                     finished = True
                     usage = delta.usage
@@ -223,6 +231,9 @@ class Engine:
                         {
                             "llmesh.completion_tokens": usage.completion_tokens if usage else 0,
                             "llmesh.finish_reason": delta.finish_reason.value if delta.finish_reason else "",
+                            "llmesh.decode_steps": steps,
+                            "llmesh.batch_size_max": batch_max,
+                            "llmesh.batch_size_mean": round(batch_sum / steps, 2) if steps else 0.0,
                         },
                     )
                 yield delta
@@ -287,6 +298,7 @@ class Engine:
         prompt = seq.request.prompt_token_ids
         logits = self._forward(np.array([prompt], np.int64), [len(prompt)], seq.slot)
         seq.length = len(prompt)
+        seq.batch = 1
         self._accept(seq, seq.sampler(logits[0, -1]))
 
     def _decode(self) -> None:
@@ -297,6 +309,7 @@ class Engine:
         # Every row's cache grew by one before any sequence can leave and move slots.
         for seq in batch:
             seq.length += 1
+            seq.batch = len(batch)
         for i, seq in enumerate(batch):
             self._accept(seq, seq.sampler(logits[i, -1]))
 
@@ -340,7 +353,7 @@ class Engine:
             seq.sink(self._delta(seq, [token], text, first))
 
     def _delta(self, seq: _Sequence, tokens: list[int], text: str, first: bool) -> Delta:
-        delta = Delta(tokens, text)
+        delta = Delta(tokens, text, batch_size=seq.batch)
         if first:
             delta.queue_ms = (seq.admitted - seq.submitted) * 1000
             delta.ttft_ms = seq.first_token_ms

@@ -82,6 +82,7 @@ class Delta:
     usage: Usage | None = None
     queue_ms: float = 0.0
     ttft_ms: float = 0.0
+    batch_size: int = 0  # sequences in the engine step that produced it (1 for a prefill)
     error: Exception | None = None
 
     @property
