@@ -3,15 +3,25 @@
 # repository. Models run in Triton's python backend through the llmesh engine, which needs the
 # engine code, its Python packages and the built weights next to the repository.
 #   make model && docker build -f deploy/docker/triton.Dockerfile -t llmesh/triton:0.1.0 .
-# 25.01 = Triton 2.54, Ubuntu 24.04, Python 3.12, CUDA 12.8.
+# 25.01 = Triton 2.54, Ubuntu 24.04, Python 3.12, CUDA 12.8: the engine code the python model
+# imports targets Python >= 3.11, which the 24.x (Python 3.10) images do not have.
 ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:25.01-py3
 
-# --- repository: CPU configs from deploy/triton/model_repository, GPU variants laid over ---------
+# --- repository: the llmesh python model (model_repository/) plus the onnxruntime-backend GPU
+# variants (gpu/<name>-<precision>-onnx/config.pbtxt, with the built graph copied into 1/) -----
 FROM ${TRITON_IMAGE} AS repository
 COPY deploy/triton/ /src/triton/
+COPY build/models/smollm2-135m/int8/ /src/models/smollm2-135m/int8/
+COPY build/models/smollm2-135m/fp32/ /src/models/smollm2-135m/fp32/
 RUN mkdir -p /out \
  && cp -r /src/triton/model_repository /out/model_repository \
- && if [ -d /src/triton/gpu ]; then cp -r /src/triton/gpu/. /out/model_repository/; fi
+ && for dir in /src/triton/gpu/*-onnx; do \
+      name="$(basename "$dir")"; base="${name%-onnx}"; precision="${base##*-}"; model="${base%-*}"; \
+      mkdir -p "/out/model_repository/$name/1" \
+      && cp "$dir/config.pbtxt" "/out/model_repository/$name/" \
+      && cp "/src/models/$model/$precision/model.onnx" "/src/models/$model/$precision/model.onnx.data" \
+            "/out/model_repository/$name/1/" || exit 1; \
+    done
 
 # --- runtime ---------------------------------------------------------------------------------
 FROM ${TRITON_IMAGE}
