@@ -6,6 +6,7 @@ import grpc
 from llmesh.cache.v1 import cache_service_pb2 as pb
 from llmesh.cache.v1 import cache_service_pb2_grpc as pb_grpc
 from llmesh.common.v1 import generation_pb2
+from opentelemetry import trace
 
 from services.cache.cache import ResponseCache
 from services.cache.codec import StoredResponse
@@ -75,6 +76,14 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             similarity_threshold=request.similarity_threshold,
             deadline_s=context.time_remaining(),
         )
+        span = trace.get_current_span()
+        span.set_attribute("llmesh.model", request.key.model)
+        span.set_attribute("llmesh.cache.hit", result.hit)
+        span.set_attribute("llmesh.cache.kind", result.kind.name.lower() if result.hit else "miss")
+        if result.similarity:
+            span.set_attribute("llmesh.cache.similarity", round(result.similarity, 4))
+        if result.skipped_reason:
+            span.set_attribute("llmesh.cache.skipped", result.skipped_reason)
         return pb.LookupResponse(
             hit=result.hit,
             kind=int(result.kind),  # type: ignore[arg-type]
@@ -93,6 +102,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             lease=request.lease,
             ttl_s=request.ttl_s,
         )
+        trace.get_current_span().set_attribute("llmesh.cache.stored", result.stored)
         return pb.StoreResponse(stored=result.stored, entry_id=result.entry_id)
 
     async def Invalidate(

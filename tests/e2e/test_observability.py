@@ -172,7 +172,10 @@ def test_cache_hit_trace_has_no_inference_span(traced_mesh: Mesh, key: str, rece
     )
     spans = _trace(receiver, again.headers["x-llmesh-trace-id"], CORE - {"inference"}, settle_s=1.5)
     assert "inference" not in {s.service for s in spans}, _explain(spans)
-    assert _server_spans(spans, "cache"), _explain(spans)
+    lookups = [s for s in _server_spans(spans, "cache") if s.name.endswith("/Lookup")]
+    assert len(lookups) == 1, _explain(spans)
+    assert lookups[0].attributes["llmesh.cache.hit"] is True
+    assert lookups[0].attributes["llmesh.cache.kind"] == "exact"
 
 
 def test_blocked_prompt_trace_ends_at_safety(traced_mesh: Mesh, key: str, receiver: OtlpReceiver) -> None:
