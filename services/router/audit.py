@@ -8,11 +8,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
+
 from libs.keys import KeyRecord
 from services.router import metrics as m
 from services.router.generation import Route
 
 audit_log = logging.getLogger("llmesh.audit")
+_tracer = trace.get_tracer("llmesh.router")
+# Steps that run once per output chunk: timed in the audit event, not one span each.
+_UNTRACED_STEPS = frozenset({"output_safety"})
 
 
 @dataclass
@@ -35,7 +40,11 @@ class RequestAudit:
     def step(self, name: str) -> Iterator[None]:
         t0 = time.perf_counter()
         try:
-            yield
+            if name in _UNTRACED_STEPS:
+                yield
+            else:
+                with _tracer.start_as_current_span(f"router.{name}"):
+                    yield
         finally:
             elapsed = time.perf_counter() - t0
             self.steps[name] = self.steps.get(name, 0.0) + elapsed
@@ -45,6 +54,18 @@ class RequestAudit:
 def emit(audit: RequestAudit, route: Route) -> None:
     """Count the request and write its audit event (never the prompt or the key)."""
     m.REQUESTS.labels(audit.status, route.model).inc()
+    span = trace.get_current_span()
+    span.set_attributes(
+        {
+            "llmesh.tenant": audit.key.tenant,
+            "llmesh.model": route.model,
+            "llmesh.prompt_tokens": audit.prompt_tokens,
+            "llmesh.completion_tokens": audit.completion_tokens,
+            "llmesh.cache.result": route.cache,
+            "llmesh.safety.findings": sorted(set(audit.findings)),
+            "llmesh.status": audit.status,
+        }
+    )
     audit_log.info(
         "request",
         extra={
