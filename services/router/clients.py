@@ -1,12 +1,17 @@
 """gRPC clients of the tokenizer, safety and cache services (the `ports` the pipeline uses).
 
-Channels come from `libs.runtime.channels.make_channel`, which carries the trace context and
-retries idempotent calls on UNAVAILABLE; each call gets the deadline the pipeline computed.
-Failures are re-raised as typed errors that name the service.
+Channels carry the trace context and retry idempotent calls on UNAVAILABLE; every call gets the
+deadline the pipeline computed. Failures are re-raised as typed errors that name the service.
+
+`channel` builds them with the options of `libs.runtime.channels.make_channel` but without the
+service config's default `timeout`: with grpcio 1.85 aio a method-config timeout makes every call
+fail at once with DEADLINE_EXCEEDED (reproduced with a bare channel), and every call made here
+carries an explicit deadline anyway.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import grpc
@@ -18,8 +23,39 @@ from llmesh.safety.v1 import safety_service_pb2_grpc as safety_grpc
 from llmesh.tokenizer.v1 import tokenizer_service_pb2 as tok_pb
 from llmesh.tokenizer.v1 import tokenizer_service_pb2_grpc as tok_grpc
 
-from libs.runtime.channels import make_channel
 from libs.runtime.errors import from_rpc_error
+from libs.runtime.interceptors import client_interceptors
+
+
+def channel(target: str, service: str, idempotent_methods: Sequence[str] = ()) -> grpc.aio.Channel:
+    """An insecure aio channel with retries for idempotent methods and trace propagation."""
+    config: dict[str, object] = {"methodConfig": [{"name": [{"service": service}]}]}
+    if idempotent_methods:
+        config["methodConfig"] = [
+            {
+                "name": [{"service": service, "method": m} for m in idempotent_methods],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.02s",
+                    "maxBackoff": "0.2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            },
+            {"name": [{"service": service}]},
+        ]
+    options = [
+        ("grpc.service_config", json.dumps(config)),
+        ("grpc.enable_retries", 1),
+        ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+        ("grpc.max_send_message_length", 8 * 1024 * 1024),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 2_000),
+    ]
+    return grpc.aio.insecure_channel(target, options=options, interceptors=client_interceptors())
 
 
 def _full_name(descriptor: object, service: str) -> str:
@@ -31,11 +67,10 @@ class TokenizerClient:
 
     def __init__(self, target: str, timeout_s: float):
         self.target = target
-        self.channel = make_channel(
+        self.channel = channel(
             target,
             _full_name(tok_pb.DESCRIPTOR, "TokenizerService"),
-            timeout_s=timeout_s,
-            idempotent_methods=["Encode", "ApplyChatTemplate", "CountTokens"],
+            ["Encode", "ApplyChatTemplate", "CountTokens"],
         )
         self.stub = tok_grpc.TokenizerServiceStub(self.channel)
 
@@ -100,11 +135,10 @@ class SafetyClient:
 
     def __init__(self, target: str, timeout_s: float):
         self.target = target
-        self.channel = make_channel(
+        self.channel = channel(
             target,
             _full_name(safety_pb.DESCRIPTOR, "SafetyService"),
-            timeout_s=timeout_s,
-            idempotent_methods=["ScreenInput", "ScreenText", "GetPolicy"],
+            ["ScreenInput", "ScreenText", "GetPolicy"],
         )
         self.stub = safety_grpc.SafetyServiceStub(self.channel)
 
@@ -132,11 +166,8 @@ class CacheClient:
 
     def __init__(self, target: str, timeout_s: float):
         self.target = target
-        self.channel = make_channel(
-            target,
-            _full_name(cache_pb.DESCRIPTOR, "CacheService"),
-            timeout_s=timeout_s,
-            idempotent_methods=["Lookup", "GetStats"],
+        self.channel = channel(
+            target, _full_name(cache_pb.DESCRIPTOR, "CacheService"), ["Lookup", "GetStats"]
         )
         self.stub = cache_grpc.CacheServiceStub(self.channel)
 

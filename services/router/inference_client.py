@@ -21,9 +21,9 @@ from llmesh.common.v1 import generation_pb2 as gen_pb
 from llmesh.inference.v1 import inference_service_pb2 as pb
 from llmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
-from libs.runtime.channels import make_channel
 from libs.runtime.errors import from_rpc_error
 from services.router.backends import BackendRequest, GenDelta, Target
+from services.router.clients import channel as make_router_channel
 from services.router.metrics import REPLICA_LOAD
 from services.router.registry import ModelSpec
 
@@ -79,9 +79,7 @@ class InferenceReplicas:
 
     @staticmethod
     def _replica(name: str, addr: str, timeout_s: float) -> Replica:
-        channel = make_channel(
-            addr, SERVICE, timeout_s=timeout_s, idempotent_methods=["ListModels", "GetLoad"]
-        )
+        channel = make_router_channel(addr, SERVICE, ["ListModels", "GetLoad"])
         return Replica(name=name, addr=addr, stub=pb_grpc.InferenceServiceStub(channel), channel=channel)
 
     async def start(self) -> None:
