@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -154,29 +155,50 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self, method: str, behavior: Callable[..., AsyncIterator[Any]]
     ) -> Callable[..., AsyncIterator[Any]]:
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            call, span_cm = self._start(method, context)
+            # A stream closed early (the caller cancelled) is finalised by aclose() in another
+            # context, where context tokens cannot be reset: attach by hand and skip the detach
+            # then; the task's context is discarded with it.
+            call = _Call(self.service, method, context)
+            parent = telemetry.extract(context.invocation_metadata())
+            span = self.tracer.start_span(
+                method.lstrip("/"),
+                context=parent,
+                kind=SpanKind.SERVER,
+                attributes={
+                    "rpc.system": "grpc",
+                    "rpc.service": method.split("/")[1],
+                    "rpc.method": call.short,
+                },
+            )
+            otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
             token = _response_md.set(call.md)
             RPC_IN_FLIGHT.labels(self.service, call.short).inc()
             messages = 0
+            closed_early = False
             try:
-                with span_cm as span:
-                    call.md.append((TRACE_ID_KEY, telemetry.current_trace_id()))
-                    try:
-                        async for item in behavior(request, context):
-                            if not call.headers_sent:
-                                await call.send_headers()
-                            messages += 1
-                            yield item
-                    except grpc.aio.AbortError:
-                        call.code = context.code() or grpc.StatusCode.UNKNOWN
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - mapped to a status, logged with stack
-                        await call.fail(exc, span)
-                    span.set_attribute("rpc.messages_sent", messages)
-                    await call.send_headers()
+                call.md.append((TRACE_ID_KEY, telemetry.current_trace_id()))
+                try:
+                    async for item in behavior(request, context):
+                        if not call.headers_sent:
+                            await call.send_headers()
+                        messages += 1
+                        yield item
+                except GeneratorExit:
+                    closed_early = True
+                    raise
+                except grpc.aio.AbortError:
+                    call.code = context.code() or grpc.StatusCode.UNKNOWN
+                    raise
+                except Exception as exc:  # noqa: BLE001 - mapped to a status, logged with stack
+                    await call.fail(exc, span)
+                await call.send_headers()
             finally:
+                span.set_attribute("rpc.messages_sent", messages)
+                span.end()
                 RPC_IN_FLIGHT.labels(self.service, call.short).dec()
-                _response_md.reset(token)
+                if not closed_early:
+                    _response_md.reset(token)
+                    otel_context.detach(otel_token)
                 call.finish()
 
         return handle

@@ -2,7 +2,8 @@
 
 `GrpcService` binds the port first and reports NOT_SERVING, runs the start hooks (model loading,
 warm-up, connections), then reports SERVING. On SIGTERM or SIGINT it reports NOT_SERVING, stops
-accepting calls (after `drain_delay_s`), gives in-flight calls `grace_period_s`, then runs the stop hooks in reverse.
+accepting calls (after `drain_delay_s`), gives in-flight calls `grace_period_s`, then runs the
+stop hooks in reverse.
 Health (`grpc.health.v1`) and server reflection are always on.
 """
 
@@ -124,8 +125,9 @@ class GrpcService:
         await self.health.enter_graceful_shutdown()
         self._serving = False
         SERVING.labels(self.name).set(0)
-        log.info("draining", extra={"fields": {"grace_s": grace, "drain_delay_s": self.settings.drain_delay_s}})
-        await asyncio.sleep(self.settings.drain_delay_s)
+        delay = self.settings.drain_delay_s
+        log.info("draining", extra={"fields": {"grace_s": grace, "drain_delay_s": delay}})
+        await asyncio.sleep(delay)
         await server.stop(grace)
         for hook in reversed(self._stop_hooks):
             try:
