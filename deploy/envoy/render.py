@@ -144,13 +144,28 @@ def _add_status_types(fds_bytes: bytes) -> bytes:
     return fds.SerializeToString(deterministic=True)
 
 
+STATUS_FILES = ("google/rpc/status.proto", "google/rpc/error_details.proto")
+
+
+def has_status_types(path: Path) -> bool:
+    """Whether the descriptor set at `path` carries the google.rpc status types."""
+    from google.protobuf import descriptor_pb2
+
+    names = {f.name for f in descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes()).file}
+    return all(n in names for n in STATUS_FILES)
+
+
 def build_descriptor(out: Path = DESCRIPTOR, *, force: bool = False) -> Path:
-    """`buf build` the protos into `out` unless it is newer than every proto."""
+    """`buf build` the protos into `out` unless it is newer than every proto and complete.
+
+    A plain `buf build` output is rebuilt: without google.rpc.Status and its details in the set,
+    `convert_grpc_status` cannot print a gRPC error and JSON callers get an empty gRPC reply.
+    """
     protos = sorted((REPO / "protos").rglob("*.proto"))
     if not protos:
         raise FileNotFoundError(f"no protos under {REPO / 'protos'}")
     newest = max(p.stat().st_mtime for p in [*protos, REPO / "buf.yaml"])
-    if not force and out.exists() and out.stat().st_mtime >= newest:
+    if not force and out.exists() and out.stat().st_mtime >= newest and has_status_types(out):
         return out
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.binpb"
@@ -175,6 +190,7 @@ def envoy_argv(config: Path, *, base_id: int, concurrency: int = 2, log_level: s
         "--log-level", log_level,
         "--drain-time-s", "5",
         "--drain-strategy", "immediate",
+        "--file-flush-interval-msec", "1000",
     ]  # fmt: skip
 
 
@@ -201,6 +217,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="rendered config (default %(default)s)")
     p.add_argument("--base-id", type=int, default=None, help="Envoy --base-id for --exec (default: port)")
     p.add_argument("--exec", action="store_true", help="then replace this process with Envoy")
+    p.add_argument("--descriptor-only", action="store_true", help="only (re)build the descriptor set")
     return p
 
 
@@ -220,6 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         global_burst=args.global_burst,
     )
     build_descriptor(args.descriptor)
+    if args.descriptor_only:
+        print(args.descriptor)
+        return 0
     out = write_config(cfg, args.out)
     print(out)
     if args.exec:
