@@ -2,14 +2,16 @@
 
 gRPC services are asked `grpc.health.v1.Health/Check` for the whole server on localhost, over
 mutual TLS when LLMESH_<NAME>_TLS_CERT_FILE is set (kubelet's native gRPC probes cannot speak
-TLS); the HTTP gateway gets a TCP connect. Exit 0 = SERVING, 1 = anything else.
+TLS); the HTTP gateway is asked GET /healthz (https with the same files under TLS).
+Exit 0 = SERVING / 200, 1 = anything else.
 """
 
 from __future__ import annotations
 
 import os
-import socket
+import ssl
 import sys
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,10 +65,8 @@ def probe_target(service: str, env: Mapping[str, str]) -> ProbeTarget:
 
 def check(target: ProbeTarget) -> bool:
     """True when the server answers SERVING (gRPC) or accepts a connection (HTTP)."""
-    host, _, port = target.address.rpartition(":")
     if not target.grpc:
-        with socket.create_connection((host, int(port)), timeout=TIMEOUT_S):
-            return True
+        return _http_ok(target)
     if target.cert_file is not None and target.key_file is not None and target.ca_file is not None:
         creds = grpc.ssl_channel_credentials(
             root_certificates=target.ca_file.read_bytes(),
@@ -79,6 +79,17 @@ def check(target: ProbeTarget) -> bool:
     with channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def _http_ok(target: ProbeTarget) -> bool:
+    context = None
+    if target.cert_file is not None and target.key_file is not None and target.ca_file is not None:
+        context = ssl.create_default_context(cafile=str(target.ca_file))
+        context.load_cert_chain(str(target.cert_file), str(target.key_file))
+    scheme = "http" if context is None else "https"
+    url = f"{scheme}://{target.address}/healthz"
+    with urllib.request.urlopen(url, timeout=TIMEOUT_S, context=context) as reply:
+        return bool(reply.status == 200)
 
 
 def main(argv: list[str]) -> int:
