@@ -197,15 +197,26 @@ class KeyStore:
         budget_month_usd: float = 0.0,
         safety_fail_mode: SafetyFailMode = "closed",
         cache_allowed: bool = True,
+        plaintext: str | None = None,
     ) -> tuple[str, KeyRecord]:
-        """Create a key; returns the plaintext (shown once, never stored) and its record."""
+        """Create a key; returns the plaintext (shown once, never stored) and its record.
+
+        `plaintext` installs a key chosen by the operator (e.g. LLMESH_DEV_API_KEY for `make up`)
+        instead of a random one; it must have the key format.
+        """
         names = _validate(
             tenant,
             models,
             {"rpm": rpm, "tpm": tpm, "budget_day_usd": budget_day_usd, "budget_month_usd": budget_month_usd},
             safety_fail_mode,
         )
-        key = apikey.generate()
+        if plaintext is None:
+            key = apikey.generate()
+        else:
+            try:
+                key = apikey.parse(plaintext)
+            except apikey.MalformedKey as exc:
+                raise InvalidArgument(str(exc)) from None
         record = KeyRecord(
             key_id=key.key_id,
             tenant=tenant,

@@ -32,10 +32,10 @@ async def install_dev_key(redis_url: str, key: str | None) -> str:
     from libs.keys import KeyStore
 
     store = KeyStore.from_url(redis_url)
-    if key:
-        await store.install(key, tenant="dev")
-        return key
-    plaintext, _record = await store.create("dev")
+    try:
+        plaintext, _record = await store.create("dev", plaintext=key or None)
+    finally:
+        await store.close()
     return plaintext
 
 

@@ -189,6 +189,13 @@ def test_blocked_prompt_trace_ends_at_safety(traced_mesh: Mesh, key: str, receiv
     assert router.status == "ERROR" and router.attributes.get("llmesh.error.reason") == "PROMPT_BLOCKED"
     safety = _server_spans(spans, "safety")
     assert safety, _explain(spans)
+    screen = next(s for s in safety if s.name.endswith("/ScreenInput"))
+    assert "AWS_ACCESS_KEY" in screen.attributes["llmesh.safety.findings"]
+    assert screen.attributes["llmesh.safety.action"] == "block"
+    assert {"pii", "secrets"} <= set(screen.attributes["llmesh.safety.detectors"])
+    event_types = [e.attributes["llmesh.safety.type"] for e in screen.events if e.name == "safety.finding"]
+    assert sorted(set(event_types)) == screen.attributes["llmesh.safety.findings"]
+    assert "AWS_ACCESS_KEY" in router.attributes["llmesh.safety.findings"]
     # Nothing of the request started after safety answered, except the router winding down.
     safety_end = max(s.end_ns for s in safety)
     later = [s for s in spans if s.start_ns > safety_end and s.service not in ("router", "envoy")]
@@ -303,9 +310,9 @@ def test_metrics_move_with_a_scripted_sequence(traced_mesh: Mesh, receiver: Otlp
     assert delta("tokenizer", "llmesh_grpc_server_handled_total", code="OK") >= 4
     assert delta("tokenizer", "llmesh_grpc_server_handling_seconds_count") >= 4
     # Envoy: four downstream requests, answered 2xx three times and 4xx once.
-    assert delta("envoy", "envoy_http_downstream_rq_xx", envoy_http_conn_manager_prefix="edge",
+    assert delta("envoy", "envoy_http_downstream_rq_xx_total", envoy_http_conn_manager_prefix="edge",
                  envoy_response_code_class="2") == 3  # fmt: skip
-    assert delta("envoy", "envoy_http_downstream_rq_xx", envoy_http_conn_manager_prefix="edge",
+    assert delta("envoy", "envoy_http_downstream_rq_xx_total", envoy_http_conn_manager_prefix="edge",
                  envoy_response_code_class="4") == 1  # fmt: skip
 
 
