@@ -64,10 +64,12 @@ def main() -> None:
         key = asyncio.run(install_dev_key(mesh.redis_url, os.environ.get("LLMESH_DEV_API_KEY")))
         print(f"llmesh ready at {mesh.url}  (OpenAI base URL {mesh.url}/v1)", flush=True)
         print(f"  API key: {key}", flush=True)
-        print(f'  try: curl -s {mesh.url}/v1/chat/completions -H "Authorization: Bearer {key}" '
-              f"-H 'content-type: application/json' "
-              "-d '{\"model\":\"smollm2\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi!\"}]}'",
-              flush=True)
+        print(
+            f'  try: curl -s {mesh.url}/v1/chat/completions -H "Authorization: Bearer {key}" '
+            f"-H 'content-type: application/json' "
+            '-d \'{"model":"smollm2","messages":[{"role":"user","content":"Hi!"}]}\'',
+            flush=True,
+        )
         print("Ctrl-C stops everything.", flush=True)
         stop.wait()
     except (RuntimeError, TimeoutError) as exc:

@@ -7,6 +7,7 @@ first so each service drains gracefully.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -83,7 +84,9 @@ class Mesh:
         return env
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> ManagedProcess:
-        proc = ManagedProcess(name=name, argv=argv, env=env, cwd=ROOT, log_path=self.cfg.workdir / f"{name}.log")
+        proc = ManagedProcess(
+            name=name, argv=argv, env=env, cwd=ROOT, log_path=self.cfg.workdir / f"{name}.log"
+        )
         self.procs[name] = proc.start()
         return proc
 
@@ -132,30 +135,41 @@ class Mesh:
         for name in inference_names:
             extra = {}
             if c.with_triton:
-                extra = {"LLMESH_INFERENCE_BACKEND": "triton",
-                         "LLMESH_INFERENCE_TRITON_URL": self.addr("triton-grpc")}
+                extra = {
+                    "LLMESH_INFERENCE_BACKEND": "triton",
+                    "LLMESH_INFERENCE_TRITON_URL": self.addr("triton-grpc"),
+                }
             self._service(name, "inference", extra)
         inference_addrs = ",".join(f"127.0.0.1:{self._port(n)}" for n in inference_names)
         for name in router_names:
-            self._service(name, "router", {
-                "LLMESH_ROUTER_TOKENIZER_ADDR": self.addr("tokenizer"),
-                "LLMESH_ROUTER_SAFETY_ADDR": self.addr("safety"),
-                "LLMESH_ROUTER_CACHE_ADDR": self.addr("cache"),
-                "LLMESH_ROUTER_INFERENCE_ADDRS": inference_addrs,
-                "LLMESH_ROUTER_REDIS_URL": self.redis_url,
-            })
+            self._service(
+                name,
+                "router",
+                {
+                    "LLMESH_ROUTER_TOKENIZER_ADDR": self.addr("tokenizer"),
+                    "LLMESH_ROUTER_SAFETY_ADDR": self.addr("safety"),
+                    "LLMESH_ROUTER_CACHE_ADDR": self.addr("cache"),
+                    "LLMESH_ROUTER_INFERENCE_ADDRS": inference_addrs,
+                    "LLMESH_ROUTER_REDIS_URL": self.redis_url,
+                },
+            )
         grpc_parts = ["tokenizer", "safety", "cache", *inference_names, *router_names]
         if c.with_gateway:
-            self._spawn("gateway", [sys.executable, "-m", "services.gateway"], {
-                **self._common_env("gateway"),
-                "LLMESH_GATEWAY_PORT": str(self._port("gateway")),
-                "LLMESH_GATEWAY_METRICS_PORT": str(self._port("gateway-metrics")),
-                "LLMESH_GATEWAY_ROUTER_ADDR": self.addr(router_names[0]),
-                **c.env.get("gateway", {}),
-            })
+            self._spawn(
+                "gateway",
+                [sys.executable, "-m", "services.gateway"],
+                {
+                    **self._common_env("gateway"),
+                    "LLMESH_GATEWAY_PORT": str(self._port("gateway")),
+                    "LLMESH_GATEWAY_METRICS_PORT": str(self._port("gateway-metrics")),
+                    "LLMESH_GATEWAY_ROUTER_ADDR": self.addr(router_names[0]),
+                    **c.env.get("gateway", {}),
+                },
+            )
         for name in grpc_parts:
-            port = self.ports[name]
-            self.procs[name].wait_until(lambda p=port: grpc_serving(p), c.start_timeout_s, "SERVING")
+            self.procs[name].wait_until(
+                functools.partial(grpc_serving, self.ports[name]), c.start_timeout_s, "SERVING"
+            )
         if c.with_gateway:
             gw = self.ports["gateway"]
             self.procs["gateway"].wait_until(lambda: http_ok(f"http://127.0.0.1:{gw}/healthz"), 60, "healthy")
@@ -175,7 +189,9 @@ class Mesh:
         return f"redis://127.0.0.1:{port}/0"
 
     def _start_triton(self) -> None:
-        grpc_port, http_port, metrics_port = (self._port(k) for k in ("triton-grpc", "triton-http", "triton-metrics"))
+        grpc_port, http_port, metrics_port = (
+            self._port(k) for k in ("triton-grpc", "triton-http", "triton-metrics")
+        )
         proc = self._spawn("triton", [
             sys.executable, "-m", "services.inference.triton_launcher",
             "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port),
@@ -187,9 +203,17 @@ class Mesh:
         port, admin = self._port("envoy"), self._port("envoy-admin")
         config = c.workdir / "envoy.yaml"
         args = [
-            sys.executable, "-m", "deploy.envoy.render", "--out", str(config),
-            "--port", str(port), "--admin-port", str(admin),
-            "--router", ",".join(self.addr(n) for n in router_names),
+            sys.executable,
+            "-m",
+            "deploy.envoy.render",
+            "--out",
+            str(config),
+            "--port",
+            str(port),
+            "--admin-port",
+            str(admin),
+            "--router",
+            ",".join(self.addr(n) for n in router_names),
         ]
         if c.with_gateway:
             args += ["--gateway", self.addr("gateway")]
@@ -217,5 +241,8 @@ class Mesh:
 
     def describe(self) -> dict[str, object]:
         """Ports and PIDs, for logs and `make up`."""
-        return {"ports": self.ports, "pids": {n: p.pid for n, p in self.procs.items()}, "redis": self.redis_url}
-
+        return {
+            "ports": self.ports,
+            "pids": {n: p.pid for n, p in self.procs.items()},
+            "redis": self.redis_url,
+        }
