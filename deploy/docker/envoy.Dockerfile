@@ -3,11 +3,9 @@
 # from the `envoy` ConfigMap (k8s) or deploy/k8s/base/envoy/ (compose), mounted at
 # /etc/envoy/config.
 #   docker build -f deploy/docker/envoy.Dockerfile -t llmesh/envoy:0.1.0 .
-ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
-ARG ENVOY_IMAGE=envoyproxy/envoy:v1.40.0
 
 # --- descriptor: every llmesh proto with imports and source info ---------------------------------
-FROM ${PYTHON_IMAGE} AS descriptor
+FROM python:3.11.11-slim-bookworm AS descriptor
 WORKDIR /src
 COPY deploy/docker/requirements/stubs.txt /tmp/stubs.txt
 RUN python -m venv /opt/tools \
@@ -18,7 +16,7 @@ RUN cd protos \
       --descriptor_set_out=/src/llmesh.binpb llmesh/*/v1/*.proto
 
 # --- runtime ---------------------------------------------------------------------------------
-FROM ${ENVOY_IMAGE}
+FROM envoyproxy/envoy:v1.40.0
 COPY --from=descriptor /src/llmesh.binpb /etc/envoy/llmesh.binpb
 # The image's `envoy` user (uid 101); the entrypoint runs envoy directly when not root.
 USER 101:101

@@ -2,12 +2,10 @@
 # llmesh router: front door: safety, cache, routing, quotas.
 #   make model && docker build -f deploy/docker/router.Dockerfile -t llmesh/router:0.1.0 .
 # Build context = repository root; router.Dockerfile.dockerignore keeps it small.
-# Base pinned to a patch release; a release build passes the digest:
-#   --build-arg PYTHON_IMAGE=python:3.11.11-slim-bookworm@sha256:<digest>
-ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+# Bases are pinned to patch releases; a release pins digests too (`FROM image:tag@sha256:...`).
 
 # --- stubs: generated gRPC/protobuf code (libs/gen is never committed) -------------------------
-FROM ${PYTHON_IMAGE} AS stubs
+FROM python:3.11.11-slim-bookworm AS stubs
 WORKDIR /src
 COPY deploy/docker/requirements/stubs.txt /tmp/stubs.txt
 RUN python -m venv /opt/tools \
@@ -16,14 +14,14 @@ COPY protos/ protos/
 RUN /opt/tools/bin/python protos/generate.py --out /src/gen
 
 # --- deps: the service's pinned runtime packages in a venv (wheels only, no compiler) ----------
-FROM ${PYTHON_IMAGE} AS deps
+FROM python:3.11.11-slim-bookworm AS deps
 COPY deploy/docker/requirements/common.txt deploy/docker/requirements/router.txt /tmp/req/
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --only-binary=:all: \
       -r /tmp/req/router.txt
 
 # --- runtime ---------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE}
+FROM python:3.11.11-slim-bookworm
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app:/app/libs/gen \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -5,11 +5,10 @@
 #   make model && docker build -f deploy/docker/triton.Dockerfile -t llmesh/triton:0.1.0 .
 # 25.01 = Triton 2.54, Ubuntu 24.04, Python 3.12, CUDA 12.8: the engine code the python model
 # imports targets Python >= 3.11, which the 24.x (Python 3.10) images do not have.
-ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:25.01-py3
 
 # --- repository: the llmesh python model (model_repository/) plus the onnxruntime-backend GPU
 # variants (gpu/<name>-<precision>-onnx/config.pbtxt, with the built graph copied into 1/) -----
-FROM ${TRITON_IMAGE} AS repository
+FROM nvcr.io/nvidia/tritonserver:25.01-py3 AS repository
 COPY deploy/triton/ /src/triton/
 COPY build/models/smollm2-135m/int8/ /src/models/smollm2-135m/int8/
 COPY build/models/smollm2-135m/fp32/ /src/models/smollm2-135m/fp32/
@@ -24,7 +23,7 @@ RUN mkdir -p /out \
     done
 
 # --- runtime ---------------------------------------------------------------------------------
-FROM ${TRITON_IMAGE}
+FROM nvcr.io/nvidia/tritonserver:25.01-py3
 # The python backend embeds the image's own interpreter, so packages go there (wheels only).
 COPY deploy/docker/requirements/common.txt deploy/docker/requirements/triton.txt /tmp/req/
 RUN PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir --disable-pip-version-check \
