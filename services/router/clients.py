@@ -23,7 +23,7 @@ from llmesh.safety.v1 import safety_service_pb2_grpc as safety_grpc
 from llmesh.tokenizer.v1 import tokenizer_service_pb2 as tok_pb
 from llmesh.tokenizer.v1 import tokenizer_service_pb2_grpc as tok_grpc
 
-from libs.runtime.errors import from_rpc_error
+from libs.runtime.errors import LlmeshError, from_rpc_error
 from libs.runtime.interceptors import client_interceptors
 
 
@@ -58,6 +58,15 @@ def channel(target: str, service: str, idempotent_methods: Sequence[str] = ()) -
     return grpc.aio.insecure_channel(target, options=options, interceptors=client_interceptors())
 
 
+def upstream_error(err: grpc.aio.AioRpcError, upstream: str) -> LlmeshError:
+    """A downstream failure as a typed error whose message names the service that failed."""
+    exc = from_rpc_error(err, upstream=upstream)
+    if not exc.message.startswith(upstream):
+        exc.message = f"{upstream}: {exc.message}"
+        exc.args = (exc.message,)
+    return exc
+
+
 def _full_name(descriptor: object, service: str) -> str:
     return str(descriptor.services_by_name[service].full_name)  # type: ignore[attr-defined]
 
@@ -83,14 +92,14 @@ class TokenizerClient:
                 timeout=timeout_s,
             )
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err, upstream=f"tokenizer ({self.target})") from None
+            raise upstream_error(err, f"tokenizer ({self.target})") from None
         return list(resp.token_ids)
 
     async def encode(self, model: str, text: str, timeout_s: float) -> list[int]:
         try:
             resp = await self.stub.Encode(tok_pb.EncodeRequest(model=model, text=text), timeout=timeout_s)
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err, upstream=f"tokenizer ({self.target})") from None
+            raise upstream_error(err, f"tokenizer ({self.target})") from None
         return list(resp.token_ids)
 
     async def close(self) -> None:
@@ -108,19 +117,19 @@ class _GrpcOutputScreen:
         try:
             await self.call.write(request)
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err, upstream=f"safety ({self.target})") from None
+            raise upstream_error(err, f"safety ({self.target})") from None
 
     async def done_writing(self) -> None:
         try:
             await self.call.done_writing()
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err, upstream=f"safety ({self.target})") from None
+            raise upstream_error(err, f"safety ({self.target})") from None
 
     async def read(self) -> safety_pb.ScreenOutputResponse | None:
         try:
             msg = await self.call.read()
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err, upstream=f"safety ({self.target})") from None
+            raise upstream_error(err, f"safety ({self.target})") from None
         if msg is grpc.aio.EOF:
             return None
         assert isinstance(msg, safety_pb.ScreenOutputResponse)
@@ -151,7 +160,7 @@ class SafetyClient:
                 timeout=timeout_s,
             )
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err, upstream=f"safety ({self.target})") from None
+            raise upstream_error(err, f"safety ({self.target})") from None
         return resp
 
     def screen_output(self, timeout_s: float) -> _GrpcOutputScreen:
@@ -175,14 +184,14 @@ class CacheClient:
         try:
             resp: cache_pb.LookupResponse = await self.stub.Lookup(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err, upstream=f"cache ({self.target})") from None
+            raise upstream_error(err, f"cache ({self.target})") from None
         return resp
 
     async def store(self, request: cache_pb.StoreRequest, timeout_s: float) -> cache_pb.StoreResponse:
         try:
             resp: cache_pb.StoreResponse = await self.stub.Store(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err, upstream=f"cache ({self.target})") from None
+            raise upstream_error(err, f"cache ({self.target})") from None
         return resp
 
     async def close(self) -> None:

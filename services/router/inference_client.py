@@ -21,9 +21,9 @@ from llmesh.common.v1 import generation_pb2 as gen_pb
 from llmesh.inference.v1 import inference_service_pb2 as pb
 from llmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
-from libs.runtime.errors import from_rpc_error
 from services.router.backends import BackendRequest, GenDelta, Target
 from services.router.clients import channel as make_router_channel
+from services.router.clients import upstream_error
 from services.router.metrics import REPLICA_LOAD
 from services.router.registry import ModelSpec
 
@@ -171,7 +171,7 @@ class InferenceReplicas:
                     model_version=msg.model_version,
                 )
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err, upstream=f"inference {r.name} ({r.addr})") from None
+            raise upstream_error(err, f"inference {r.name} ({r.addr})") from None
         finally:
             r.pending -= 1
             call.cancel()
