@@ -42,9 +42,19 @@ class AuditLog:
         self.direction = direction
         self._log = logging.getLogger(AUDIT_LOGGER)
         self._trace_id = _trace_id()
+        self._types: set[str] = set()
 
     def finding(self, d: Detection, action: Action, message_index: int, placeholder: str = "") -> None:
         ACTIONS.labels(d.type, self.direction.value, action.name.lower()).inc()
+        self._types.add(d.type)
+        trace.get_current_span().add_event(
+            "safety.finding",
+            {
+                "llmesh.safety.type": d.type,
+                "llmesh.safety.action": action.name.lower(),
+                "llmesh.safety.rule": d.rule,
+            },
+        )
         self._log.info(
             "safety decision",
             extra={
@@ -68,6 +78,13 @@ class AuditLog:
 
     def outcome(self, action: Action, reason: str) -> None:
         REQUESTS.labels(self.direction.value, action.name.lower()).inc()
+        trace.get_current_span().set_attributes(
+            {
+                "llmesh.safety.action": action.name.lower(),
+                "llmesh.safety.findings": sorted(self._types),
+                "llmesh.safety.direction": self.direction.value,
+            }
+        )
         self._log.info(
             "safety outcome",
             extra={

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
+
 from services.safety.audit import AuditLog
 from services.safety.decisions import Decision, apply_redactions, block_reason, decide_spans, span_detections
 from services.safety.findings import Detection
@@ -63,6 +65,15 @@ class Screener:
                 found[i].extend(detections)
         return found
 
+    def _detectors(self, side: DirectionPolicy, direction: Direction) -> list[str]:
+        """Names of the detectors a screening under `side` runs (for the trace)."""
+        names = ["pii", "secrets"]
+        if direction is Direction.INPUT and side.active("PROMPT_INJECTION"):
+            names += ["injection_phrases"] + (["injection_classifier"] if self._injection is not None else [])
+        if self._toxicity is not None and side.active("TOXICITY"):
+            names.append("toxicity")
+        return names
+
     def screen_messages(
         self, tenant: str, request_id: str, messages: Sequence[tuple[str, str]], direction: Direction
     ) -> ScreenResult:
@@ -74,6 +85,7 @@ class Screener:
         decisions: list[Decision] = []
         texts: list[str] = []
         message_level = self._message_level(policy, side, direction, messages)
+        trace.get_current_span().set_attribute("llmesh.safety.detectors", self._detectors(side, direction))
         for index, (_, text) in enumerate(messages):
             spans = decide_spans(side, span_detections(text), index, redactor)
             texts.append(apply_redactions(text, spans))
