@@ -7,7 +7,7 @@ check the OpenAI -> proto mapping end to end. Behaviour is picked by the key and
 - `Bearer good-key` passes; `Bearer limited-key` is rate limited (retry after 7 s); anything
   else is UNAUTHENTICATED.
 - model `forbidden` -> PERMISSION_DENIED, `missing` -> NOT_FOUND, `down` -> UNAVAILABLE,
-  `bad-args` -> INVALID_ARGUMENT naming a param, `slow` sleeps 5 s, `break` fails mid-stream,
+  `bad-args` -> INVALID_ARGUMENT naming a param, `slow` sleeps 5 s, `wait` 1 s, `break` fails mid-stream,
   `hang` streams one chunk then waits until cancelled.
 """
 
@@ -84,6 +84,8 @@ class FakeRouter(pb_grpc.RouterServiceServicer):
             raise InvalidArgument("prompt too long for the model", metadata={"param": "messages"})
         if model == "slow":
             await asyncio.sleep(5)
+        if model == "wait":
+            await asyncio.sleep(1)
         add_response_metadata("x-llmesh-cache", "hit" if options.cache == "force" else "miss")
         return model
 
