@@ -50,8 +50,12 @@ def make_channel(
     timeout_s: float = 5.0,
     idempotent_methods: Sequence[str] = (),
     max_message_mb: int = 8,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> grpc.aio.Channel:
-    """An insecure aio channel to `target` for `service` (full proto name) with retries and tracing."""
+    """An aio channel to `target` for `service` (full proto name) with retries and tracing.
+
+    `credentials` (from `libs.runtime.tls.channel_credentials`) makes it a mutual-TLS channel.
+    """
     options = [
         (
             "grpc.service_config",
@@ -66,4 +70,8 @@ def make_channel(
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 2_000),
     ]
+    if credentials is not None:
+        return grpc.aio.secure_channel(
+            target, credentials, options=options, interceptors=client_interceptors()
+        )
     return grpc.aio.insecure_channel(target, options=options, interceptors=client_interceptors())

@@ -24,6 +24,7 @@ from libs.runtime.interceptors import ServerInterceptor
 from libs.runtime.metrics import SERVING, start_metrics_server
 from libs.runtime.settings import ServiceSettings
 from libs.runtime.telemetry import shutdown_tracing
+from libs.runtime.tls import server_credentials
 
 log = logging.getLogger("llmesh.server")
 Hook = Callable[[], Awaitable[None]]
@@ -99,7 +100,9 @@ class GrpcService:
             ],
             server,
         )
-        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        creds = server_credentials(s)
+        address = f"{s.host}:{s.port}"
+        self.port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
         if self.port == 0:
             raise RuntimeError(f"{self.name}: cannot bind {s.host}:{s.port} (in use?)")
         self._server = server
@@ -109,7 +112,14 @@ class GrpcService:
             self.metrics_port = start_metrics_server(s.metrics_host, s.metrics_port)
         log.info(
             "listening",
-            extra={"fields": {"port": self.port, "metrics_port": self.metrics_port, "host": s.host}},
+            extra={
+                "fields": {
+                    "port": self.port,
+                    "metrics_port": self.metrics_port,
+                    "host": s.host,
+                    "tls": creds is not None,
+                }
+            },
         )
         for hook in self._start_hooks:
             await hook()

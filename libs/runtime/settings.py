@@ -33,6 +33,15 @@ class ServiceSettings(BaseSettings):
         "balancers and probes notice before the port closes.",
     )
     max_message_mb: int = Field(8, gt=0, description="Largest gRPC message accepted or sent, MiB.")
+    tls_cert_file: str = Field(
+        "", description="PEM certificate of this service; with the key, serve gRPC over TLS."
+    )
+    tls_key_file: str = Field("", description="PEM private key of tls_cert_file.")
+    tls_ca_file: str = Field(
+        "",
+        description="PEM CA bundle: with TLS on, callers must present a certificate it signed (mutual "
+        "TLS), and this service's own clients verify their peers with it.",
+    )
     max_concurrent_rpcs: int = Field(
         1024, gt=0, description="Calls served at once; more are refused with RESOURCE_EXHAUSTED."
     )

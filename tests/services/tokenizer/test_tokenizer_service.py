@@ -98,7 +98,7 @@ async def test_bad_role_names_the_message(served) -> None:
 
 
 async def test_health_serving_and_reflection_listed(served) -> None:
-    service, _, channel = served
+    _, _, channel = served
     health = health_pb2_grpc.HealthStub(channel)
     resp = await health.Check(health_pb2.HealthCheckRequest(service="llmesh.tokenizer.v1.TokenizerService"))
     assert resp.status == health_pb2.HealthCheckResponse.SERVING

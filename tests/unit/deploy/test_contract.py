@@ -2,9 +2,7 @@
 
 For each service: `services.<name>.settings` holds one pydantic Settings class with the env
 prefix LLMESH_<NAME>_; every LLMESH_<NAME>_* variable set anywhere in deploy/ is one of its
-fields, and its default ports are the ones the manifests use. PROPOSED_FIELDS lists variables
-the tls component sets that the shared settings do not define yet; the test fails as soon as
-they land, so the list cannot go stale.
+fields, and its default ports are the ones the manifests use.
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ from tests.unit.deploy.conftest import OVERLAYS, ROOT, SERVICES, env_of, pod_spe
 
 ENV_NAME = re.compile(r"\bLLMESH_([A-Z]+)_([A-Z0-9_]+)\b")
 # Set by deploy/k8s/components/tls; proposed for libs/runtime/settings.ServiceSettings.
-PROPOSED_FIELDS = {"tls_cert_file", "tls_key_file", "tls_ca_file"}
 
 
 def settings_class(name: str) -> type[BaseSettings]:
@@ -68,20 +65,13 @@ def test_settings_define_every_variable_the_deployment_sets(
     assert cls.model_config.get("env_prefix") == f"LLMESH_{name.upper()}_"
     fields = set(cls.model_fields)
     used = deploy_env_names(rendered)[name]
-    missing = used - fields - PROPOSED_FIELDS
+    missing = used - fields
     assert not missing, (
         f"deploy/ sets LLMESH_{name.upper()}_{{{', '.join(sorted(missing))}}} unknown to {cls}"
     )
     port, metrics_port = SERVICES[name]
     assert cls.model_fields["port"].default == port
     assert cls.model_fields["metrics_port"].default == metrics_port
-
-
-def test_proposed_tls_fields_are_still_only_proposed() -> None:
-    from libs.runtime.settings import ServiceSettings
-
-    landed = PROPOSED_FIELDS & set(ServiceSettings.model_fields)
-    assert not landed, f"{sorted(landed)} now exist: drop them from PROPOSED_FIELDS so they are checked"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
