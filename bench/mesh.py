@@ -1,0 +1,202 @@
+"""Mesh overhead benchmark (not a test): the same generation through Envoy + router vs. direct.
+
+    PYTHONPATH=libs/gen .venv/bin/python -m bench.mesh [--requests 32] [--max-tokens 16]
+
+Starts the whole mesh with the lead's harness (Redis, tokenizer, safety, cache, one inference
+replica, one router, the gateway and Envoy) on free ports. For concurrency 1 and 32 it runs the
+same greedy generation (same prompt token ids, same max_tokens, cache bypassed) twice: directly
+on the inference service (`GenerateStream`) and end to end through Envoy to the router
+(`StreamChatCompletion` over gRPC). Overhead = mesh latency - direct latency (medians). The
+per-hop split comes from the router's audit events (matched by `x-llmesh-request-id`): time in
+each pipeline step, and the rest (Envoy, gRPC hops, the router's own work). Prints a table and
+writes build/bench/mesh.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from llmesh.common.v1 import generation_pb2 as gen_pb
+from llmesh.inference.v1 import inference_service_pb2 as inf_pb
+from llmesh.inference.v1 import inference_service_pb2_grpc as inf_grpc
+from llmesh.router.v1 import router_service_pb2 as pb
+from llmesh.router.v1 import router_service_pb2_grpc as pb_grpc
+from llmesh.tokenizer.v1 import tokenizer_service_pb2 as tok_pb
+from llmesh.tokenizer.v1 import tokenizer_service_pb2_grpc as tok_grpc
+
+from libs.keys import KeyStore
+from libs.launch.mesh import Mesh, MeshConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "build" / "bench" / "mesh.json"
+MODEL = "smollm2-135m-int8"
+PROMPT = "Give one short sentence about the sea."
+STEPS = ("rate_limit", "tokenize", "budget", "input_safety", "cache_lookup", "first_token", "output_safety",
+         "accounting")  # fmt: skip
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
+
+
+async def direct(stub: inf_grpc.InferenceServiceStub, ids: list[int], max_tokens: int) -> dict[str, float]:
+    t0 = time.perf_counter()
+    ttft, tokens = 0.0, 0
+    req = inf_pb.GenerateStreamRequest(
+        model=MODEL,
+        prompt_token_ids=ids,
+        sampling=gen_pb.SamplingParams(temperature=0.0, max_tokens=max_tokens),
+    )
+    async for msg in stub.GenerateStream(req, timeout=120):
+        if not ttft and msg.text:
+            ttft = time.perf_counter() - t0
+        tokens += len(msg.token_ids)
+    return {"latency": time.perf_counter() - t0, "ttft": ttft, "tokens": tokens}
+
+
+async def through_mesh(stub: pb_grpc.RouterServiceStub, key: str, max_tokens: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    ttft, tokens = 0.0, 0
+    req = pb.StreamChatCompletionRequest(
+        messages=[gen_pb.ChatMessage(role="user", content=PROMPT)],
+        options=pb.GenerationOptions(
+            model=MODEL,
+            cache="bypass",
+            sampling=gen_pb.SamplingParams(temperature=0.0, max_tokens=max_tokens),
+        ),
+    )
+    call = stub.StreamChatCompletion(req, metadata=(("authorization", f"Bearer {key}"),), timeout=120)
+    async for chunk in call:
+        if not ttft and chunk.choices and chunk.choices[0].content:
+            ttft = time.perf_counter() - t0
+        if chunk.HasField("usage"):
+            tokens = chunk.usage.completion_tokens
+    md = dict(await call.initial_metadata())
+    return {"latency": time.perf_counter() - t0, "ttft": ttft, "tokens": tokens,
+            "request_id": md.get("x-llmesh-request-id", "")}  # fmt: skip
+
+
+async def run_level(fn: Any, concurrency: int, total: int) -> list[dict[str, Any]]:
+    sem = asyncio.Semaphore(concurrency)
+    results: list[dict[str, Any]] = []
+
+    async def one() -> None:
+        async with sem:
+            results.append(await fn())
+
+    await asyncio.gather(*(one() for _ in range(total)))
+    return results
+
+
+def audit_steps(log_path: Path, request_ids: set[str]) -> list[dict[str, Any]]:
+    events = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        if '"llmesh.audit"' not in line:
+            continue
+        event = json.loads(line)
+        if event.get("request_id") in request_ids:
+            events.append(event)
+    return events
+
+
+async def bench(mesh: Mesh, requests: int, max_tokens: int) -> dict[str, Any]:
+    store = KeyStore.from_url(mesh.redis_url)
+    key, _ = await store.create("bench")
+    await store.close()
+    envoy = f"127.0.0.1:{mesh.ports['envoy']}"
+    async with (
+        grpc.aio.insecure_channel(mesh.addr("inference-0")) as inf_ch,
+        grpc.aio.insecure_channel(mesh.addr("tokenizer")) as tok_ch,
+        grpc.aio.insecure_channel(envoy) as envoy_ch,
+    ):
+        tok = tok_grpc.TokenizerServiceStub(tok_ch)
+        messages = [gen_pb.ChatMessage(role="user", content=PROMPT)]
+        templated = await tok.ApplyChatTemplate(
+            tok_pb.ApplyChatTemplateRequest(model=MODEL, messages=messages, add_generation_prompt=True)
+        )
+        ids = list(templated.token_ids)
+        inf, router = inf_grpc.InferenceServiceStub(inf_ch), pb_grpc.RouterServiceStub(envoy_ch)
+        for _ in range(3):
+            await direct(inf, ids, max_tokens)
+            await through_mesh(router, key, max_tokens)
+        levels: dict[str, Any] = {}
+        for conc in (1, 32):
+            total = requests if conc == 1 else max(requests, 2 * conc)
+            d = await run_level(lambda: direct(inf, ids, max_tokens), conc, total)
+            m = await run_level(lambda: through_mesh(router, key, max_tokens), conc, total)
+            await asyncio.sleep(0.5)
+            events = audit_steps(mesh.cfg.workdir / "router-0.log", {r["request_id"] for r in m})
+            steps = (
+                {s: statistics.median([e["steps_ms"].get(s, 0.0) for e in events]) for s in STEPS}
+                if events
+                else {}
+            )
+            router_ms = statistics.median([e["latency_ms"] for e in events]) if events else float("nan")
+            mesh_ms = statistics.median([r["latency"] for r in m]) * 1000
+            levels[str(conc)] = {
+                "requests": total,
+                "completion_tokens": statistics.median([r["tokens"] for r in m]),
+                "direct_tokens": statistics.median([r["tokens"] for r in d]),
+                "direct_p50_ms": statistics.median([r["latency"] for r in d]) * 1000,
+                "direct_p95_ms": pct([r["latency"] for r in d], 0.95) * 1000,
+                "mesh_p50_ms": mesh_ms,
+                "mesh_p95_ms": pct([r["latency"] for r in m], 0.95) * 1000,
+                "direct_ttft_p50_ms": statistics.median([r["ttft"] for r in d]) * 1000,
+                "mesh_ttft_p50_ms": statistics.median([r["ttft"] for r in m]) * 1000,
+                "router_internal_p50_ms": router_ms,
+                "envoy_and_hops_p50_ms": mesh_ms - router_ms,
+                "router_steps_p50_ms": steps,
+                "audited": len(events),
+            }
+            lv = levels[str(conc)]
+            lv["overhead_p50_ms"] = lv["mesh_p50_ms"] - lv["direct_p50_ms"]
+            lv["overhead_ttft_p50_ms"] = lv["mesh_ttft_p50_ms"] - lv["direct_ttft_p50_ms"]
+    return {"model": MODEL, "max_tokens": max_tokens, "prompt_tokens": len(ids), "levels": levels}
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(f"\nmesh overhead: {result['model']}, prompt {result['prompt_tokens']} tokens, "
+          f"max_tokens {result['max_tokens']}, greedy, cache bypassed")  # fmt: skip
+    cols = ("direct p50", "mesh p50", "overhead", "ttft dir", "ttft mesh")
+    keys = ("direct_p50_ms", "mesh_p50_ms", "overhead_p50_ms", "direct_ttft_p50_ms", "mesh_ttft_p50_ms")
+    print(f"{'conc':>4} " + " ".join(f"{c:>11}" for c in cols) + f" {'tokens':>7}")
+    for conc, lv in result["levels"].items():
+        cells = " ".join(f"{lv[k]:>9.1f}ms" for k in keys)
+        print(f"{conc:>4} {cells} {lv['completion_tokens']:>7.0f}")
+    print("\nper-hop split (medians, ms): router steps from the audit log; rest = Envoy + gRPC hops + router")
+    print(f"{'conc':>4} " + " ".join(f"{s:>13}" for s in (*STEPS, "envoy+hops")))
+    for conc, lv in result["levels"].items():
+        cells = [lv["router_steps_p50_ms"].get(s, float("nan")) for s in STEPS] + [
+            lv["envoy_and_hops_p50_ms"]
+        ]
+        print(f"{conc:>4} " + " ".join(f"{c:>13.2f}" for c in cells))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=32, help="requests per level (at least 2x concurrency)")
+    ap.add_argument("--max-tokens", type=int, default=16)
+    args = ap.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="llmesh-bench-mesh-"))
+    mesh = Mesh(MeshConfig(workdir=workdir, inference_replicas=1, router_replicas=1)).start()
+    try:
+        result = asyncio.run(bench(mesh, args.requests, args.max_tokens))
+    finally:
+        mesh.stop()
+    print_table(result)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
