@@ -25,17 +25,27 @@ def _models(text: str) -> list[str]:
     return [m.strip() for m in text.split(",") if m.strip()]
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmesh keys", description="Manage llmesh API keys.")
+def _common(defaults: bool) -> argparse.ArgumentParser:
+    """--redis-url and --json, accepted before or after the action."""
+    parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument(
         "--redis-url",
-        default=os.environ.get("LLMESH_REDIS_URL", DEFAULT_REDIS_URL),
-        help="Redis holding the keys (env LLMESH_REDIS_URL; default %(default)s)",
+        default=os.environ.get("LLMESH_REDIS_URL", DEFAULT_REDIS_URL) if defaults else argparse.SUPPRESS,
+        help=f"Redis holding the keys (env LLMESH_REDIS_URL; default {DEFAULT_REDIS_URL})",
     )
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument(
+        "--json", action="store_true", default=False if defaults else argparse.SUPPRESS, help="print JSON"
+    )
+    return parser
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmesh keys", description="Manage llmesh API keys.", parents=[_common(True)]
+    )
     sub = parser.add_subparsers(dest="action", required=True)
 
-    create = sub.add_parser("create", help="create a key and print it once")
+    create = sub.add_parser("create", help="create a key and print it once", parents=[_common(False)])
     create.add_argument("--tenant", required=True, help="tenant the key belongs to")
     create.add_argument("--models", type=_models, default=[], help="comma-separated models (default: all)")
     create.add_argument("--rpm", type=int, default=0, help="requests per minute (0 = unlimited)")
@@ -52,10 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--no-cache", action="store_true", help="never serve this key from the cache")
 
-    revoke = sub.add_parser("revoke", help="revoke a key by id")
+    revoke = sub.add_parser("revoke", help="revoke a key by id", parents=[_common(False)])
     revoke.add_argument("key_id", help="the id part of the key (16 hex digits)")
 
-    list_ = sub.add_parser("list", help="list keys (never the keys themselves)")
+    list_ = sub.add_parser("list", help="list keys (never the keys themselves)", parents=[_common(False)])
     list_.add_argument("--tenant", default=None, help="only this tenant's keys")
     return parser
 

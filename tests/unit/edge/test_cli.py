@@ -31,7 +31,7 @@ def test_create_list_revoke(redis_proc: RedisServer) -> None:
     parsed = apikey.parse(key)
     assert "shown only once" in created.stderr
 
-    listed = llmesh(redis_proc, "--json", "list", "--tenant", "clitest")
+    listed = llmesh(redis_proc, "list", "--tenant", "clitest", "--json")  # options after the action too
     rows = json.loads(listed.stdout)
     assert [r["key_id"] for r in rows] == [parsed.key_id]
     assert rows[0]["models"] == ["a", "b"] and rows[0]["rpm"] == 7 and not rows[0]["revoked"]
