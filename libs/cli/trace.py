@@ -70,9 +70,9 @@ def _fmt(value: Any) -> str:
 def key_attributes(attributes: dict[str, Any]) -> list[str]:
     """`label=value` strings for the attributes worth showing, known ones first."""
     shown: dict[str, str] = {}
-    used: set[str] = set()
+    used = {k for k, v in attributes.items() if v in ("", None) or v == []}  # nothing to show
     for key, label in KEY_ATTRIBUTES:
-        if key in attributes and label not in shown:
+        if key in attributes and key not in used and label not in shown:
             shown[label] = _fmt(attributes[key])
             used.add(key)
     for key in sorted(attributes):

@@ -254,7 +254,11 @@ class _ClientSpans:
         except asyncio.CancelledError:
             code, details = grpc.StatusCode.CANCELLED, "cancelled"
         span.set_attribute("rpc.grpc.status_code", code.value[0])
-        if code != grpc.StatusCode.OK:
+        if code == grpc.StatusCode.CANCELLED and call.cancelled():
+            # The caller stopped reading (e.g. closed a stream after its last message): not a
+            # failure of the callee, so the span is not marked as an error.
+            span.set_attribute("llmesh.cancelled_by_caller", True)
+        elif code != grpc.StatusCode.OK:
             span.set_status(Status(StatusCode.ERROR, f"{code.name}: {details or ''}".rstrip(": ")))
         span.end(end_time=end_ns)
 

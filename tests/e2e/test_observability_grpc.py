@@ -54,6 +54,10 @@ class _Front(tpb_grpc.TokenizerServiceServicer):
         ids = (await self.tok.Encode(tpb.EncodeRequest(model=request.model, text=request.text))).token_ids
         got = [m async for m in self.inf.GenerateStream(ipb.GenerateStreamRequest(model="m"))]
         self.stream_read_ns = time.time_ns()
+        if request.text == "first-only":  # read one message, then close the stream early
+            stream = self.inf.GenerateStream(ipb.GenerateStreamRequest(model="m"))
+            await stream.read()
+            stream.cancel()
         return tpb.EncodeResponse(token_ids=[*ids, len(got)])
 
 
@@ -91,9 +95,9 @@ async def front(exporter: InMemorySpanExporter) -> AsyncIterator[tuple[str, _Fro
         await relay.channel.close()
 
 
-async def _call(target: str, model: str) -> tuple[grpc.aio.Call, str]:
+async def _call(target: str, model: str, text: str = "hello") -> tuple[grpc.StatusCode, str]:
     async with grpc.aio.insecure_channel(target) as ch:
-        call = tpb_grpc.TokenizerServiceStub(ch).Encode(tpb.EncodeRequest(model=model, text="hello"))
+        call = tpb_grpc.TokenizerServiceStub(ch).Encode(tpb.EncodeRequest(model=model, text=text))
         md = await call.initial_metadata()
         code = await call.code()
         trace_id = dict(md).get(TRACE_ID_KEY) or dict(await call.trailing_metadata()).get(TRACE_ID_KEY, "")
@@ -159,3 +163,16 @@ async def test_failed_call_marks_client_span_with_status(front, exporter) -> Non
     backend = next(s for s in spans if s.kind == "SERVER" and s.scope == "llmesh.backend")
     assert backend.attributes["llmesh.error.reason"]
     assert backend.parent_span_id == client.span_id
+
+
+async def test_stream_the_caller_closes_early_is_not_an_error(front, exporter) -> None:
+    target, _ = front
+    code, trace_id = await _call(target, "m", text="first-only")
+    assert code == grpc.StatusCode.OK
+    spans = await _wait_spans(exporter, trace_id, 7)
+    streams = [s for s in spans if s.kind == "CLIENT" and s.name.endswith("GenerateStream")]
+    assert len(streams) == 2
+    closed = [s for s in streams if s.attributes.get("llmesh.cancelled_by_caller")]
+    assert len(closed) == 1, [s.attributes for s in streams]
+    assert closed[0].attributes["rpc.grpc.status_code"] == grpc.StatusCode.CANCELLED.value[0]
+    assert closed[0].status != "ERROR"

@@ -76,6 +76,9 @@ def test_key_attributes_and_events_are_shown() -> None:
     assert "model=smollm2-135m" in text and "completion_tokens=12" in text
     assert "decode_step x3" in text and "batch_size=1..3" in text
     assert "rpc.system" not in text
+    assert cli.key_attributes({"llmesh.model": "", "llmesh.safety.findings": [], "llmesh.tokens": 0}) == [
+        "tokens=0"
+    ]
     assert "decode_step" not in cli.render_waterfall(_request(), events=False)
 
 
