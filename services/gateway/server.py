@@ -3,8 +3,10 @@
 `GatewayService(settings)` has no side effects; `start()` opens the router channel (lazily
 connecting), binds the HTTP port and the metrics port. `/healthz` answers 200 only while the
 router channel is READY and the gateway is not draining. On SIGTERM the gateway reports not
-ready, closes its listening socket, gives in-flight requests (streams included)
-`grace_period_s` to finish, then closes the channel.
+ready, keeps accepting for `drain_delay_s` so probes and balancers notice, closes its listening
+socket, gives in-flight requests (streams included) `grace_period_s` to finish, then closes the
+channel. With `LLMESH_GATEWAY_TLS_{CERT,KEY,CA}_FILE` the router channel is mutual TLS; the
+HTTP side stays plain behind Envoy on loopback.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from libs.runtime.channels import make_channel
 from libs.runtime.interceptors import TRACE_ID_KEY
 from libs.runtime.jsonlog import setup_logging
 from libs.runtime.metrics import SERVING, start_metrics_server
+from libs.runtime.tls import channel_credentials
 from services.gateway.metrics import HTTP_IN_FLIGHT, HTTP_LATENCY, HTTP_REQUESTS
 from services.gateway.openai_errors import ApiError
 from services.gateway.servicer import OpenAIServicer
@@ -157,6 +160,7 @@ class GatewayService:
             ROUTER_SERVICE,
             timeout_s=max(s.stream_timeout_s, s.generate_timeout_s),
             idempotent_methods=("ListModels", "GetUsage"),
+            credentials=channel_credentials(s),
         )
         self._runner = web.AppRunner(
             self.build_app(self._channel), access_log=None, shutdown_timeout=s.grace_period_s
@@ -180,7 +184,11 @@ class GatewayService:
         runner, self._runner = self._runner, None
         self._draining = True
         SERVING.labels(NAME).set(0)
-        log.info("draining", extra={"fields": {"grace_s": self.settings.grace_period_s}})
+        delay = self.settings.drain_delay_s
+        log.info(
+            "draining", extra={"fields": {"grace_s": self.settings.grace_period_s, "drain_delay_s": delay}}
+        )
+        await asyncio.sleep(delay)  # /healthz already says 503; probes and balancers notice first
         await runner.cleanup()
         if self._channel is not None:
             await self._channel.close()

@@ -41,6 +41,7 @@ async def stack() -> AsyncIterator[Stack]:
             stream_timeout_s=3.0,
             max_body_bytes=64 * 1024,
             grace_period_s=2.0,
+            drain_delay_s=0,
         )
     )
     await gateway.start()

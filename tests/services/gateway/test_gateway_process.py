@@ -44,6 +44,7 @@ async def test_sigterm_drains_in_flight_requests(stack: Stack, tmp_path: Path) -
             "LLMESH_GATEWAY_METRICS_PORT": str(metrics_port),
             "LLMESH_GATEWAY_ROUTER_ADDR": f"127.0.0.1:{stack.router_port}",
             "LLMESH_GATEWAY_GRACE_PERIOD_S": "5",
+            "LLMESH_GATEWAY_DRAIN_DELAY_S": "1",
             "OTEL_TRACES_EXPORTER": "none",
         },
         cwd=ROOT,
@@ -63,6 +64,12 @@ async def test_sigterm_drains_in_flight_requests(stack: Stack, tmp_path: Path) -
             metrics = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
             assert 'llmesh_gateway_http_in_flight{route="/v1/chat/completions"} 1.0' in metrics
             proc.signal(signal.SIGTERM)
+
+            async def draining() -> bool:
+                r = await http.get("/healthz")
+                return r.status_code == 503 and r.json()["status"] == "draining"
+
+            await _until(draining, 1.0, proc)  # not ready, yet still answering during the drain delay
             reply = await in_flight
             assert reply.status_code == 200, reply.text
             assert reply.json()["model"] == "wait"
