@@ -14,6 +14,8 @@ COPY build/models/smollm2-135m/int8/ /src/models/smollm2-135m/int8/
 COPY build/models/smollm2-135m/fp32/ /src/models/smollm2-135m/fp32/
 RUN mkdir -p /out \
  && cp -r /src/triton/model_repository /out/model_repository \
+ && sed -i 's/string_value: "CPUExecutionProvider"/string_value: "CUDAExecutionProvider,CPUExecutionProvider"/' \
+      /out/model_repository/*/config.pbtxt \
  && for dir in /src/triton/gpu/*-onnx; do \
       name="$(basename "$dir")"; base="${name%-onnx}"; precision="${base##*-}"; model="${base%-*}"; \
       mkdir -p "/out/model_repository/$name/1" \

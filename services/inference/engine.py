@@ -45,6 +45,9 @@ class EngineConfig:
     max_context: int = 2048
     default_max_tokens: int = 256
     prefills_per_step: int = 2
+    # ONNX Runtime execution providers in priority order. The KV slots live in host memory, so
+    # a GPU provider works but copies the cache each step; the CPU provider is what ships tested.
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
 
 
 @dataclass(eq=False)
@@ -108,7 +111,9 @@ class Engine:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.config.threads
         opts.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(str(self.folder.graph), opts, providers=["CPUExecutionProvider"])
+        self._session = ort.InferenceSession(
+            str(self.folder.graph), opts, providers=list(self.config.providers)
+        )
         self._kv = KvSlots(self.folder.layout, self.config.max_batch, self.context_length)
         self._forward(np.array([[self.folder.manifest.eos_token_ids[0]] * 4], np.int64), [4], 0)
         self._thread = threading.Thread(target=self._loop, name=f"engine-{self.name}", daemon=True)

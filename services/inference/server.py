@@ -34,6 +34,7 @@ def build_server(settings: InferenceSettings, registry: CollectorRegistry = REGI
         threads=settings.threads,
         max_context=settings.max_context,
         default_max_tokens=settings.default_max_tokens,
+        providers=tuple(settings.provider_list),
     )
 
     async def load() -> None:

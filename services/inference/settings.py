@@ -37,6 +37,16 @@ class InferenceSettings(ServiceSettings):
         2048, gt=0, description="Context window served (capped by the model's own); sizes the KV slots."
     )
     default_max_tokens: int = Field(256, gt=0, description="max_tokens when a request leaves it unset.")
+    providers: str = Field(
+        "CPUExecutionProvider",
+        description="ONNX Runtime execution providers for the embedded engine, comma-separated in "
+        "priority order (e.g. `CUDAExecutionProvider,CPUExecutionProvider` with onnxruntime-gpu).",
+    )
+
+    @property
+    def provider_list(self) -> list[str]:
+        """The execution providers as a list."""
+        return [p.strip() for p in self.providers.split(",") if p.strip()]
 
     @property
     def model_names(self) -> list[str]:

@@ -42,6 +42,9 @@ class TritonPythonModel:
             max_queue=int(params.get("max_queue", 64)),
             threads=int(params.get("threads", 2)),
             max_context=int(params.get("max_context", 2048)),
+            providers=tuple(
+                p for p in params.get("execution_providers", "CPUExecutionProvider").split(",") if p
+            ),
         )
         self.engine = Engine(folder, engine_config, EngineMetrics(CollectorRegistry()), config["name"])
         self.engine.start()
