@@ -16,6 +16,7 @@ from llmesh.common.v1 import generation_pb2 as gen_pb
 from llmesh.router.v1 import router_service_pb2 as pb
 from llmesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
+from libs.testing.otlp_receiver import OtlpReceiver
 from tests.services.gateway.conftest import Stack
 from tests.services.gateway.edge_proxy import Edge, edge_proxy
 from tests.services.gateway.fake_router import GOOD_KEY, LIMITED_KEY
@@ -199,3 +200,23 @@ async def test_local_rate_limit_is_json_429(stack: Stack, tmp_path: Path) -> Non
                     assert r.headers["retry-after"] == "1"
                     assert r.json()["error"]["type"] == "local_rate_limited"
         assert codes[0] == 200 and 429 in codes
+
+
+async def test_envoy_exports_otlp_spans_continuing_traceparent(stack: Stack, tmp_path: Path) -> None:
+    with OtlpReceiver(port=0) as receiver:
+        collector = receiver.endpoint.removeprefix("http://")
+        with edge_proxy(tmp_path, stack.router_port, stack.gateway.port, otlp_collector=collector) as proxy:
+            parent = f"00-{TRACE_ID}-b7ad6b7169203331-01"
+            async with httpx.AsyncClient(base_url=proxy.url, headers=AUTH, timeout=5) as client:
+                for _ in range(6):  # Envoy's tracer flushes after a few spans or a few seconds
+                    r = await client.get("/v1/models", headers={"traceparent": parent})
+                    assert r.status_code == 200
+            spans = []
+            for _ in range(100):
+                spans = [s for s in receiver.spans(TRACE_ID) if s.service == "envoy"]
+                if spans:
+                    break
+                await asyncio.sleep(0.1)
+    assert spans, "Envoy exported no span of the caller's trace"
+    assert all(s.kind == "SERVER" for s in spans)
+    assert {s.parent_span_id for s in spans} == {"b7ad6b7169203331"}
