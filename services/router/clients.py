@@ -27,8 +27,13 @@ from libs.runtime.errors import LlmeshError, from_rpc_error
 from libs.runtime.interceptors import client_interceptors
 
 
-def channel(target: str, service: str, idempotent_methods: Sequence[str] = ()) -> grpc.aio.Channel:
-    """An insecure aio channel with retries for idempotent methods and trace propagation."""
+def channel(
+    target: str,
+    service: str,
+    idempotent_methods: Sequence[str] = (),
+    credentials: grpc.ChannelCredentials | None = None,
+) -> grpc.aio.Channel:
+    """An aio channel (mutual TLS when `credentials` are given) with retries and trace propagation."""
     config: dict[str, object] = {"methodConfig": [{"name": [{"service": service}]}]}
     if idempotent_methods:
         config["methodConfig"] = [
@@ -55,6 +60,10 @@ def channel(target: str, service: str, idempotent_methods: Sequence[str] = ()) -
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 2_000),
     ]
+    if credentials is not None:
+        return grpc.aio.secure_channel(
+            target, credentials, options=options, interceptors=client_interceptors()
+        )
     return grpc.aio.insecure_channel(target, options=options, interceptors=client_interceptors())
 
 
@@ -74,7 +83,7 @@ def _full_name(descriptor: object, service: str) -> str:
 class TokenizerClient:
     """TokenizerService over gRPC."""
 
-    def __init__(self, target: str, timeout_s: float):
+    def __init__(self, target: str, credentials: grpc.ChannelCredentials | None = None):
         self.target = target
         self.channel = channel(
             target,
@@ -142,7 +151,7 @@ class _GrpcOutputScreen:
 class SafetyClient:
     """SafetyService over gRPC."""
 
-    def __init__(self, target: str, timeout_s: float):
+    def __init__(self, target: str, credentials: grpc.ChannelCredentials | None = None):
         self.target = target
         self.channel = channel(
             target,
@@ -173,7 +182,7 @@ class SafetyClient:
 class CacheClient:
     """CacheService over gRPC."""
 
-    def __init__(self, target: str, timeout_s: float):
+    def __init__(self, target: str, credentials: grpc.ChannelCredentials | None = None):
         self.target = target
         self.channel = channel(
             target, _full_name(cache_pb.DESCRIPTOR, "CacheService"), ["Lookup", "GetStats"]

@@ -66,20 +66,24 @@ def _usage(msg: pb.GenerateStreamResponse) -> gen_pb.Usage | None:
 class InferenceReplicas:
     """Backend `llmesh`: the inference service replicas."""
 
-    def __init__(self, addrs: Sequence[str], *, poll_s: float = 0.5, call_timeout_s: float = 120.0):
+    def __init__(
+        self,
+        addrs: Sequence[str],
+        *,
+        poll_s: float = 0.5,
+        credentials: grpc.ChannelCredentials | None = None,
+    ):
         if not addrs:
             raise ValueError("at least one inference replica address is needed")
-        self.replicas = [
-            self._replica(f"inference-{i}", addr, call_timeout_s) for i, addr in enumerate(addrs)
-        ]
+        self.replicas = [self._replica(f"inference-{i}", addr, credentials) for i, addr in enumerate(addrs)]
         self._by_name = {r.name: r for r in self.replicas}
         self.poll_s = poll_s
         self._task: asyncio.Task[None] | None = None
         self._rr = itertools.count()
 
     @staticmethod
-    def _replica(name: str, addr: str, timeout_s: float) -> Replica:
-        channel = make_router_channel(addr, SERVICE, ["ListModels", "GetLoad"])
+    def _replica(name: str, addr: str, credentials: grpc.ChannelCredentials | None) -> Replica:
+        channel = make_router_channel(addr, SERVICE, ["ListModels", "GetLoad"], credentials)
         return Replica(name=name, addr=addr, stub=pb_grpc.InferenceServiceStub(channel), channel=channel)
 
     async def start(self) -> None:

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from libs.keys import KeyStore
 from libs.runtime.errors import Unavailable
 from libs.runtime.server import GrpcService
+from libs.runtime.tls import channel_credentials
 from services.router.accounting import Accounting
 from services.router.backends import Backend
 from services.router.breaker import BreakerConfig, Breakers, RedisBreakerStore
@@ -30,6 +31,7 @@ from services.router.metrics import BREAKER_STATE, BREAKER_STORE_FALLBACK
 from services.router.openai_backend import OpenAIBackend
 from services.router.pipeline import Pipeline, PipelineConfig
 from services.router.registry import ModelRegistry
+from services.router.retry_budget import RetryBudget
 from services.router.servicer import RouterServicer
 from services.router.settings import RouterSettings
 
@@ -77,11 +79,12 @@ def build_server(settings: RouterSettings) -> GrpcService:
                 "start it or set LLMESH_ROUTER_REDIS_URL"
             ) from None
         keys = KeyStore.from_url(settings.redis_url)
-        tokenizer = TokenizerClient(settings.tokenizer_addr, settings.tokenizer_timeout_s)
-        safety = SafetyClient(settings.safety_addr, settings.safety_timeout_s)
-        cache = CacheClient(settings.cache_addr, settings.cache_timeout_s)
+        creds = channel_credentials(settings)
+        tokenizer = TokenizerClient(settings.tokenizer_addr, creds)
+        safety = SafetyClient(settings.safety_addr, creds)
+        cache = CacheClient(settings.cache_addr, creds)
         replicas = InferenceReplicas(
-            settings.inference_targets, poll_s=settings.load_poll_s, call_timeout_s=settings.request_timeout_s
+            settings.inference_targets, poll_s=settings.load_poll_s, credentials=creds
         )
         openai = OpenAIBackend()
         await replicas.start()
@@ -96,8 +99,6 @@ def build_server(settings: RouterSettings) -> GrpcService:
             on_store_error=BREAKER_STORE_FALLBACK.inc,
             store_errors=(RedisError,),
         )
-        from services.router.retry_budget import RetryBudget
-
         backends: dict[str, Backend] = {"llmesh": replicas, "openai": openai}
         accounting = Accounting(redis)
         pipeline = Pipeline(
