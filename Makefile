@@ -39,9 +39,10 @@ libs/gen/.stamp: $(PROTOS) protos/generate.py buf.yaml $(STAMP_VENV)
 	$(PY) protos/generate.py --out libs/gen
 	touch $@
 
-$(DESCRIPTOR): $(PROTOS) buf.yaml $(STAMP_VENV)
-	mkdir -p $(dir $@)
-	$(VENV)/bin/buf build -o $@
+# The descriptor Envoy transcodes with: our protos plus the google.rpc status types, without
+# which Envoy cannot turn a gRPC error into a JSON body.
+$(DESCRIPTOR): $(PROTOS) buf.yaml deploy/envoy/render.py $(STAMP_VENV)
+	$(PY) -m deploy.envoy.render --descriptor-only --descriptor $@
 
 gen: libs/gen/.stamp $(DESCRIPTOR)
 

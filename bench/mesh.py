@@ -175,10 +175,9 @@ def print_table(result: dict[str, Any]) -> None:
     print("\nper-hop split (medians, ms): router steps from the audit log; rest = Envoy + gRPC hops + router")
     print(f"{'conc':>4} " + " ".join(f"{s:>13}" for s in (*STEPS, "envoy+hops")))
     for conc, lv in result["levels"].items():
-        cells = [lv["router_steps_p50_ms"].get(s, float("nan")) for s in STEPS] + [
-            lv["envoy_and_hops_p50_ms"]
-        ]
-        print(f"{conc:>4} " + " ".join(f"{c:>13.2f}" for c in cells))
+        split = [lv["router_steps_p50_ms"].get(s, float("nan")) for s in STEPS]
+        split.append(lv["envoy_and_hops_p50_ms"])
+        print(f"{conc:>4} " + " ".join(f"{c:>13.2f}" for c in split))
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         m.stop()
 
 
-def create_key(redis_url: str, tenant: str, **limits: object) -> str:
+def create_key(redis_url: str, tenant: str, **limits: Any) -> str:
     """A fresh API key for `tenant` in the mesh's key store."""
     from libs.keys import KeyStore
 

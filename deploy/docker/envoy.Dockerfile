@@ -4,7 +4,8 @@
 # /etc/envoy/config.
 #   docker build -f deploy/docker/envoy.Dockerfile -t llmesh/envoy:0.1.0 .
 
-# --- descriptor: every llmesh proto with imports and source info ---------------------------------
+# --- descriptor: every llmesh proto with imports and source info, plus the google.rpc status
+# types Envoy needs to print a gRPC error as JSON (convert_grpc_status) ----------------------------
 FROM python:3.11.11-slim-bookworm AS descriptor
 WORKDIR /src
 COPY deploy/docker/requirements/stubs.txt /tmp/stubs.txt
@@ -13,7 +14,9 @@ RUN python -m venv /opt/tools \
 COPY protos/ protos/
 RUN cd protos \
  && /opt/tools/bin/python -m grpc_tools.protoc -I. -Ivendor --include_imports --include_source_info \
-      --descriptor_set_out=/src/llmesh.binpb llmesh/*/v1/*.proto
+      -I/opt/tools/lib/python3.11/site-packages \
+      --descriptor_set_out=/src/llmesh.binpb llmesh/*/v1/*.proto \
+      google/rpc/status.proto google/rpc/error_details.proto
 
 # --- runtime ---------------------------------------------------------------------------------
 FROM envoyproxy/envoy:v1.40.0

@@ -1,9 +1,10 @@
-"""Client channels with deadlines, retry policy and trace propagation.
+"""Client channels with retry policy, trace propagation and optional mutual TLS.
 
 Retry policy lives in the gRPC service config next to the client: only the methods named
-idempotent are retried, only on UNAVAILABLE, with a small exponential backoff; every method has a
-default timeout so a dying service never hangs a caller (callers pass tighter per-call deadlines
-derived from their own).
+idempotent are retried, only on UNAVAILABLE, with a small exponential backoff. Deadlines are
+per call: every caller passes one derived from its own, so a dying service never hangs it. The
+service config carries no `timeout`: with grpcio 1.85 a method-config timeout under about 1.6 s
+fails every call at once with DEADLINE_EXCEEDED.
 """
 
 from __future__ import annotations
@@ -16,21 +17,14 @@ import grpc
 from libs.runtime.interceptors import client_interceptors
 
 
-def service_config(
-    service: str,
-    *,
-    timeout_s: float,
-    idempotent_methods: Sequence[str] = (),
-    max_attempts: int = 3,
-) -> str:
-    """A gRPC service config JSON: a default timeout for all methods, retries for idempotent ones."""
-    configs: list[dict[str, object]] = [{"name": [{"service": service}], "timeout": f"{timeout_s:.3f}s"}]
+def service_config(service: str, *, idempotent_methods: Sequence[str] = (), max_attempts: int = 3) -> str:
+    """A gRPC service config JSON retrying the idempotent methods of `service` on UNAVAILABLE."""
+    configs: list[dict[str, object]] = [{"name": [{"service": service}]}]
     if idempotent_methods:
         configs.insert(
             0,
             {
                 "name": [{"service": service, "method": m} for m in idempotent_methods],
-                "timeout": f"{timeout_s:.3f}s",
                 "retryPolicy": {
                     "maxAttempts": max_attempts,
                     "initialBackoff": "0.02s",
@@ -47,19 +41,20 @@ def make_channel(
     target: str,
     service: str,
     *,
-    timeout_s: float = 5.0,
     idempotent_methods: Sequence[str] = (),
     max_message_mb: int = 8,
     credentials: grpc.ChannelCredentials | None = None,
 ) -> grpc.aio.Channel:
     """An aio channel to `target` for `service` (full proto name) with retries and tracing.
 
+    Pass a deadline (`timeout=`) on every call made on it.
+
     `credentials` (from `libs.runtime.tls.channel_credentials`) makes it a mutual-TLS channel.
     """
     options = [
         (
             "grpc.service_config",
-            service_config(service, timeout_s=timeout_s, idempotent_methods=idempotent_methods),
+            service_config(service, idempotent_methods=idempotent_methods),
         ),
         ("grpc.enable_retries", 1),
         ("grpc.max_receive_message_length", max_message_mb * 1024 * 1024),

@@ -5,19 +5,24 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from pydantic import ValidationError
 
 from libs.runtime.jsonlog import setup_logging
-from libs.runtime.server import GrpcService
 from libs.runtime.settings import ServiceSettings
 from libs.runtime.telemetry import setup_tracing
 
 S = TypeVar("S", bound=ServiceSettings)
 
 
-def run_service(name: str, settings_cls: type[S], build: Callable[[S], GrpcService]) -> None:
+class Runnable(Protocol):
+    """A server with an async `run()` that serves until SIGTERM (GrpcService, the HTTP gateway)."""
+
+    async def run(self) -> None: ...
+
+
+def run_service(name: str, settings_cls: type[S], build: Callable[[S], Runnable]) -> None:
     """Read settings (a bad value exits with a clear message), set up logs and traces, serve."""
     try:
         settings = settings_cls()

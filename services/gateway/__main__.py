@@ -1,5 +1,7 @@
 """`python -m services.gateway`: run the OpenAI-compatible gateway."""
 
-from services.gateway.server import main
+from libs.runtime.main import run_service
+from services.gateway.server import NAME, GatewayService
+from services.gateway.settings import GatewaySettings
 
-main()
+run_service(NAME, GatewaySettings, GatewayService)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable
 
@@ -24,12 +23,10 @@ from llmesh.router.v1 import router_service_pb2 as pb
 from llmesh.router.v1 import router_service_pb2_grpc as pb_grpc
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from pydantic import ValidationError
 
 from libs.runtime import telemetry
 from libs.runtime.channels import make_channel
 from libs.runtime.interceptors import TRACE_ID_KEY
-from libs.runtime.jsonlog import setup_logging
 from libs.runtime.metrics import SERVING, start_metrics_server
 from libs.runtime.tls import channel_credentials
 from services.gateway.metrics import HTTP_IN_FLIGHT, HTTP_LATENCY, HTTP_REQUESTS
@@ -158,7 +155,6 @@ class GatewayService:
         self._channel = make_channel(
             s.router_addr,
             ROUTER_SERVICE,
-            timeout_s=max(s.stream_timeout_s, s.generate_timeout_s),
             idempotent_methods=("ListModels", "GetUsage"),
             credentials=channel_credentials(s),
         )
@@ -209,19 +205,3 @@ class GatewayService:
         finally:
             await self.stop()
             telemetry.shutdown_tracing()
-
-
-def main() -> None:
-    """`python -m services.gateway`: read settings, set up logs and traces, serve."""
-    try:
-        settings = GatewaySettings()
-    except ValidationError as exc:
-        lines = [f"{NAME}: invalid settings (environment variables LLMESH_GATEWAY_*):"]
-        for err in exc.errors():
-            field = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  LLMESH_GATEWAY_{field.upper()}: {err['msg']} (got {err.get('input')!r})")
-        print("\n".join(lines), file=sys.stderr)
-        raise SystemExit(2) from None
-    setup_logging(NAME, settings.log_level)
-    telemetry.setup_tracing(NAME)
-    asyncio.run(GatewayService(settings).run())

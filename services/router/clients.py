@@ -3,15 +3,12 @@
 Channels carry the trace context and retry idempotent calls on UNAVAILABLE; every call gets the
 deadline the pipeline computed. Failures are re-raised as typed errors that name the service.
 
-`channel` builds them with the options of `libs.runtime.channels.make_channel` but without the
-service config's default `timeout`: with grpcio 1.85 aio a method-config timeout makes every call
-fail at once with DEADLINE_EXCEEDED (reproduced with a bare channel), and every call made here
-carries an explicit deadline anyway.
+`channel` is `libs.runtime.channels.make_channel`; every call made here carries an explicit
+deadline.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import grpc
@@ -23,8 +20,8 @@ from llmesh.safety.v1 import safety_service_pb2_grpc as safety_grpc
 from llmesh.tokenizer.v1 import tokenizer_service_pb2 as tok_pb
 from llmesh.tokenizer.v1 import tokenizer_service_pb2_grpc as tok_grpc
 
+from libs.runtime.channels import make_channel
 from libs.runtime.errors import LlmeshError, from_rpc_error
-from libs.runtime.interceptors import client_interceptors
 
 
 def channel(
@@ -33,38 +30,8 @@ def channel(
     idempotent_methods: Sequence[str] = (),
     credentials: grpc.ChannelCredentials | None = None,
 ) -> grpc.aio.Channel:
-    """An aio channel (mutual TLS when `credentials` are given) with retries and trace propagation."""
-    config: dict[str, object] = {"methodConfig": [{"name": [{"service": service}]}]}
-    if idempotent_methods:
-        config["methodConfig"] = [
-            {
-                "name": [{"service": service, "method": m} for m in idempotent_methods],
-                "retryPolicy": {
-                    "maxAttempts": 3,
-                    "initialBackoff": "0.02s",
-                    "maxBackoff": "0.2s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            },
-            {"name": [{"service": service}]},
-        ]
-    options = [
-        ("grpc.service_config", json.dumps(config)),
-        ("grpc.enable_retries", 1),
-        ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-        ("grpc.max_send_message_length", 8 * 1024 * 1024),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 5_000),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 2_000),
-    ]
-    if credentials is not None:
-        return grpc.aio.secure_channel(
-            target, credentials, options=options, interceptors=client_interceptors()
-        )
-    return grpc.aio.insecure_channel(target, options=options, interceptors=client_interceptors())
+    """A channel with retries for idempotent methods, trace propagation and optional mTLS."""
+    return make_channel(target, service, idempotent_methods=idempotent_methods, credentials=credentials)
 
 
 def upstream_error(err: grpc.aio.AioRpcError, upstream: str) -> LlmeshError:

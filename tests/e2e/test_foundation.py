@@ -23,8 +23,12 @@ def test_rest_chat_through_envoy_returns_generated_text(mesh: Mesh, api_key: str
         "messages": [{"role": "user", "content": QUESTION}],
         "options": {"model": "smollm2", "sampling": {"temperature": 0, "max_tokens": 12}},
     }
-    r = httpx.post(f"{mesh.url}/api/v1/chat/completions", json=body,
-                   headers={"authorization": f"Bearer {api_key}"}, timeout=60)
+    r = httpx.post(
+        f"{mesh.url}/api/v1/chat/completions",
+        json=body,
+        headers={"authorization": f"Bearer {api_key}"},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     data = r.json()
     answer = data["choices"][0]["message"]["content"]
@@ -40,8 +44,13 @@ def test_rest_stream_is_server_sent_events(mesh: Mesh, api_key: str) -> None:
         "messages": [{"role": "user", "content": "Count from one to five."}],
         "options": {"model": "smollm2", "sampling": {"temperature": 0, "max_tokens": 24}},
     }
-    with httpx.stream("POST", f"{mesh.url}/api/v1/chat/completions:stream", json=body,
-                      headers={"authorization": f"Bearer {api_key}"}, timeout=60) as r:
+    with httpx.stream(
+        "POST",
+        f"{mesh.url}/api/v1/chat/completions:stream",
+        json=body,
+        headers={"authorization": f"Bearer {api_key}"},
+        timeout=60,
+    ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         events = [json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:")]
@@ -56,9 +65,13 @@ async def test_grpc_chat_through_envoy(mesh: Mesh, api_key: str) -> None:
         stub = pb_grpc.RouterServiceStub(channel)
         request = pb.CreateChatCompletionRequest(
             messages=[common.ChatMessage(role="user", content=QUESTION)],
-            options=pb.GenerationOptions(model="smollm2", sampling=common.SamplingParams(temperature=0, max_tokens=12)),
+            options=pb.GenerationOptions(
+                model="smollm2", sampling=common.SamplingParams(temperature=0, max_tokens=12)
+            ),
         )
-        call = stub.CreateChatCompletion(request, metadata=[("authorization", f"Bearer {api_key}")], timeout=60)
+        call = stub.CreateChatCompletion(
+            request, metadata=[("authorization", f"Bearer {api_key}")], timeout=60
+        )
         reply = await call
         assert "paris" in reply.choices[0].message.content.lower()
         assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
@@ -69,7 +82,10 @@ async def test_grpc_chat_through_envoy(mesh: Mesh, api_key: str) -> None:
 
 
 def test_rest_without_key_is_401_with_json_body(mesh: Mesh) -> None:
-    r = httpx.post(f"{mesh.url}/api/v1/chat/completions",
-                   json={"messages": [{"role": "user", "content": "hi"}]}, timeout=30)
+    r = httpx.post(
+        f"{mesh.url}/api/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    )
     assert r.status_code == 401
     assert "key" in r.text.lower()

@@ -12,7 +12,9 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 def test_settings_block_matches_the_code() -> None:
     text = README.read_text()
     block = text[text.index(BEGIN) : text.index(END) + len(END)]
-    assert block == render(), "README settings are stale: run `python -m libs.runtime.settings_doc --write README.md`"
+    assert block == render(), (
+        "README settings are stale: run `python -m libs.runtime.settings_doc --write README.md`"
+    )
 
 
 def test_two_commands_are_shown() -> None:

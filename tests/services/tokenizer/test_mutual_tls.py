@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -43,7 +44,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def _tls(d: Path, name: str) -> dict[str, str]:
+def _tls(d: Path, name: str) -> dict[str, Any]:
     return {"tls_cert_file": str(d / f"{name}.crt"), "tls_key_file": str(d / f"{name}.key"),
             "tls_ca_file": str(d / "ca.crt")}  # fmt: skip
 

@@ -123,7 +123,7 @@ async def test_sigterm_path_reports_not_serving_and_drains_in_flight_calls() -> 
     release = asyncio.Event()
     original = servicer.Encode
 
-    async def slow_encode(request, context):  # type: ignore[no-untyped-def]
+    async def slow_encode(request, context):
         await release.wait()
         return await original(request, context)
 

@@ -117,10 +117,10 @@ async def test_state_changes_are_reported(clock: Clock) -> None:
 
 
 class BrokenStore(MemoryBreakerStore):
-    async def admit(self, *a, **kw):  # type: ignore[no-untyped-def]
+    async def admit(self, *a, **kw):
         raise ConnectionError("redis down")
 
-    async def record(self, *a, **kw):  # type: ignore[no-untyped-def]
+    async def record(self, *a, **kw):
         raise ConnectionError("redis down")
 
 

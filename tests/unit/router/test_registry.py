@@ -75,7 +75,7 @@ def test_key_model_lists_filter_models_and_fallbacks() -> None:
         (lambda t: "models: []", "models"),
     ],
 )
-def test_registry_errors_name_the_model_and_field(edit, expected: str) -> None:  # type: ignore[no-untyped-def]
+def test_registry_errors_name_the_model_and_field(edit, expected: str) -> None:
     with pytest.raises(RegistryError) as err:
         ModelRegistry.from_yaml(edit(BASE), "models.yaml")
     assert expected in str(err.value)

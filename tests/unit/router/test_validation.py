@@ -29,7 +29,7 @@ def msg(role: str = "user", content: str = "hi") -> gen_pb.ChatMessage:
         (1, {}, "sometimes", "INVALID_CACHE_MODE"),
     ],
 )
-def test_bad_options_are_rejected_with_a_reason(n: int, sampling: dict, cache: str, reason: str) -> None:  # type: ignore[type-arg]
+def test_bad_options_are_rejected_with_a_reason(n: int, sampling: dict, cache: str, reason: str) -> None:
     with pytest.raises(InvalidArgument) as err:
         check_options(n, gen_pb.SamplingParams(**sampling), cache)
     assert err.value.reason == reason
