@@ -41,7 +41,7 @@ def test_rest_chat_through_envoy_returns_generated_text(mesh: Mesh, api_key: str
 
 def test_rest_stream_is_server_sent_events(mesh: Mesh, api_key: str) -> None:
     body = {
-        "messages": [{"role": "user", "content": "Count from one to five."}],
+        "messages": [{"role": "user", "content": "Write one sentence about the sea."}],
         "options": {"model": "smollm2", "sampling": {"temperature": 0, "max_tokens": 24}},
     }
     with httpx.stream(
