@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ("safety", "cache", "inference", "mesh", "replicas")
+ORDER = ("safety", "cache", "inference", "edge", "mesh", "replicas")
 
 
 def main() -> None:
