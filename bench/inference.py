@@ -3,7 +3,7 @@
 ``python bench/inference.py`` (from the repo root, with ``PYTHONPATH=libs/gen``) prints a table and
 writes ``build/bench/inference.json``. Rows:
 
-- engine fp32 / int8 (embedded continuous batching) at concurrency 1, 4, 16, 32;
+- engine fp32 / int8 / int4 (embedded continuous batching) at concurrency 1, 4, 16, 32;
 - engine int8 inside Triton (real tritonserver, streamed over gRPC) at the same concurrencies;
 - static-batch ONNX loop (int8, the same graph, plain past/present tensors, one fixed batch);
 - transformers ``generate()`` one request at a time (batch 1 only).
@@ -275,6 +275,7 @@ def main() -> None:
     rows: list[Row] = []
     rows += asyncio.run(bench_engine("fp32", prompt))
     rows += asyncio.run(bench_engine("int8", prompt))
+    rows += asyncio.run(bench_engine("int4", prompt))
     rows += asyncio.run(bench_triton(prompt))
     rows += bench_static(prompt)
     rows += bench_transformers(prompt)
