@@ -152,12 +152,20 @@ class GrpcService:
 
     async def run(self) -> None:
         """Start, serve until SIGTERM/SIGINT, then stop gracefully."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
-        try:
-            await self.start()
-            await self._stopping.wait()
-        finally:
-            await self.stop()
-            shutdown_tracing()
+        await serve_until_stopped(self.start, self.stop, self._stopping)
+
+
+async def serve_until_stopped(start: Hook, stop: Hook, stopping: asyncio.Event) -> None:
+    """Run `start`, wait for SIGTERM/SIGINT (or `stopping` set), run `stop`, flush traces last.
+
+    Every server process (gRPC services and the HTTP gateway) shares this shape of `run()`.
+    """
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await start()
+        await stopping.wait()
+    finally:
+        await stop()
+        shutdown_tracing()

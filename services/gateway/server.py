@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 from collections.abc import Awaitable, Callable
 
@@ -28,6 +27,7 @@ from libs.runtime import telemetry
 from libs.runtime.channels import make_channel
 from libs.runtime.interceptors import TRACE_ID_KEY
 from libs.runtime.metrics import SERVING, start_metrics_server
+from libs.runtime.server import serve_until_stopped
 from libs.runtime.tls import channel_credentials
 from services.gateway.metrics import HTTP_IN_FLIGHT, HTTP_LATENCY, HTTP_REQUESTS
 from services.gateway.openai_errors import ApiError
@@ -158,8 +158,14 @@ class GatewayService:
             idempotent_methods=("ListModels", "GetUsage"),
             credentials=channel_credentials(s),
         )
+        # handler_cancellation: a client that disconnects cancels its handler at once, which
+        # cancels the router call (and so frees the inference slot) instead of waiting for the
+        # next write to notice.
         self._runner = web.AppRunner(
-            self.build_app(self._channel), access_log=None, shutdown_timeout=s.grace_period_s
+            self.build_app(self._channel),
+            access_log=None,
+            shutdown_timeout=s.grace_period_s,
+            handler_cancellation=True,
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.host, s.port, reuse_address=True)
@@ -196,12 +202,4 @@ class GatewayService:
 
     async def run(self) -> None:
         """Start, serve until SIGTERM/SIGINT, then drain and stop."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
-        try:
-            await self.start()
-            await self._stopping.wait()
-        finally:
-            await self.stop()
-            telemetry.shutdown_tracing()
+        await serve_until_stopped(self.start, self.stop, self._stopping)
