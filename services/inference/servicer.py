@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
@@ -12,11 +13,17 @@ from llmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from services.inference.backends import ModelRegistry
 from services.inference.generation import Delta, FinishReason, GenerationRequest, SamplingConfig
 
+# Most prefix-block digests reported per model in one GetLoad (8 bytes each).
+MAX_PREFIX_DIGESTS = 1024
+
 _FINISH = {
     FinishReason.STOP: gen_pb.FINISH_REASON_STOP,
     FinishReason.LENGTH: gen_pb.FINISH_REASON_LENGTH,
     FinishReason.CANCELLED: gen_pb.FINISH_REASON_CANCELLED,
 }
+
+
+log = logging.getLogger("llmesh.inference")
 
 
 def sampling_config(params: gen_pb.SamplingParams) -> SamplingConfig:
@@ -40,6 +47,19 @@ def _usage(delta: Delta) -> gen_pb.Usage | None:
     )
 
 
+def _generation_request(request: pb.GenerateRequest | pb.GenerateStreamRequest) -> GenerationRequest:
+    """The engine's request; the prompt's token ids are logged at DEBUG only (never at INFO)."""
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "generation requested",
+            extra={"fields": {"request_id": request.request_id, "model": request.model,
+                              "prompt_token_ids": list(request.prompt_token_ids)}},
+        )  # fmt: skip
+    return GenerationRequest(
+        tuple(request.prompt_token_ids), sampling_config(request.sampling), request.request_id
+    )
+
+
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
     """Serves the model registry over gRPC."""
 
@@ -52,9 +72,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateResponse:
         backend = self.registry.get(request.model)
-        req = GenerationRequest(
-            tuple(request.prompt_token_ids), sampling_config(request.sampling), request.request_id
-        )
+        req = _generation_request(request)
         out = pb.GenerateResponse(model_version=f"{backend.card.name}@{backend.card.version}")
         text: list[str] = []
         async for delta in backend.generate(req):
@@ -75,9 +93,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self, request: pb.GenerateStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         backend = self.registry.get(request.model)
-        req = GenerationRequest(
-            tuple(request.prompt_token_ids), sampling_config(request.sampling), request.request_id
-        )
+        req = _generation_request(request)
         version = f"{backend.card.name}@{backend.card.version}"
         async for delta in backend.generate(req):
             msg = pb.GenerateStreamResponse(token_ids=delta.token_ids, text=delta.text, model_version=version)
@@ -108,9 +124,17 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self, request: pb.GetLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetLoadResponse:
         models = self.registry.all()
-        return pb.GetLoadResponse(
+        out = pb.GetLoadResponse(
             running=sum(b.running for b in models),
             queued=sum(b.queued for b in models),
             max_batch=self.max_batch * len(models),
             max_queue=self.max_queue * len(models),
         )
+        limit = min(request.max_prefix_digests, MAX_PREFIX_DIGESTS)
+        for backend in models if limit > 0 else []:
+            cache = backend.prefix_cache
+            if cache is not None:
+                out.prefix_caches.add(
+                    model=backend.card.name, block_size=cache.block_size, block_digests=cache.wire_digests(limit)
+                )
+        return out
