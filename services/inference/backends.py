@@ -13,6 +13,7 @@ from services.inference.engine import Engine, EngineConfig
 from services.inference.generation import Delta, GenerationRequest
 from services.inference.metrics import EngineMetrics
 from services.inference.model_info import ModelFolder
+from services.inference.prefix_cache import PrefixCache
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class ModelBackend(Protocol):
 
     @property
     def queued(self) -> int: ...
+
+    @property
+    def prefix_cache(self) -> PrefixCache | None: ...
 
 
 def model_folder(models_dir: Path, served_name: str) -> ModelFolder:
@@ -76,6 +80,10 @@ class EmbeddedBackend:
     @property
     def queued(self) -> int:
         return self.engine.queued
+
+    @property
+    def prefix_cache(self) -> PrefixCache | None:
+        return self.engine.prefix_cache
 
 
 class ModelRegistry:

@@ -5,6 +5,9 @@ few queued requests (each prefilled on its own, into its own KV slot), then deco
 every running sequence in a single batched call. Sequences join and leave the batch between
 steps; a finished or cancelled sequence frees its slot immediately. Callers submit from any
 thread with a sink callback, or use :meth:`Engine.generate` from asyncio.
+
+With the prefix cache on, a prompt whose first blocks are cached gets their KV copied into its
+slot and prefills only the rest (see prefix_cache); greedy output is the same token for token.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from services.inference.generation import Delta, FinishReason, GenerationRequest
 from services.inference.kv_slots import KvSlots
 from services.inference.metrics import EngineMetrics
 from services.inference.model_info import ModelFolder
+from services.inference.prefix_cache import PrefixCache
 from services.inference.sampling import Sampler
 from services.inference.text_stream import IncrementalDetokenizer, StopMatcher
 
@@ -48,6 +52,9 @@ class EngineConfig:
     # ONNX Runtime execution providers in priority order. The KV slots live in host memory, so
     # a GPU provider works but copies the cache each step; the CPU provider is what ships tested.
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    # Prompt-prefix KV cache: tokens held (0 turns it off) and tokens per block.
+    prefix_cache_tokens: int = 4096
+    prefix_block_tokens: int = 16
 
 
 @dataclass(eq=False)
@@ -64,6 +71,7 @@ class _Sequence:
     first_token_ms: float = 0.0
     slot: int = -1
     length: int = 0
+    reused: int = 0
     last_token: int = 0
     batch: int = 1
     generated: list[int] = field(default_factory=list)
@@ -103,6 +111,8 @@ class Engine:
         self._kv: KvSlots | None = None
         self._tokenizer = Tokenizer.from_file(str(folder.path / "tokenizer.json"))
         self._service_s = 1.0
+        blocks = config.prefix_cache_tokens // config.prefix_block_tokens
+        self.prefix_cache = PrefixCache(config.prefix_block_tokens, blocks) if blocks > 0 else None
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -222,7 +232,10 @@ class Engine:
                 if first:
                     first = False
                     span.add_event("queue_wait", {"llmesh.queue_ms": delta.queue_ms})
-                    span.add_event("prefill", {"llmesh.ttft_ms": delta.ttft_ms})
+                    span.add_event(
+                        "prefill",
+                        {"llmesh.ttft_ms": delta.ttft_ms, "llmesh.prefix_reused_tokens": delta.cached_tokens},
+                    )
                 elif delta.token_ids:
                     steps, batch_sum = steps + 1, batch_sum + delta.batch_size
                     batch_max = max(batch_max, delta.batch_size)
@@ -301,10 +314,33 @@ class Engine:
         seq.slot = len(self._running)
         self._running.append(seq)
         prompt = seq.request.prompt_token_ids
-        logits = self._forward(np.array([prompt], np.int64), [len(prompt)], seq.slot)
+        seq.reused = self._reuse_prefix(seq)
+        logits = self._forward(np.array([prompt[seq.reused :]], np.int64), [len(prompt)], seq.slot)
         seq.length = len(prompt)
+        if self.prefix_cache is not None:
+            kv, slot = self._kv, seq.slot
+            assert kv is not None
+            self.prefix_cache.insert(prompt, lambda start, stop: kv.read(slot, start, stop))
+            self._metrics.prefix_cache_tokens.labels(self.name).set(self.prefix_cache.tokens)
         seq.batch = 1
         self._accept(seq, seq.sampler(logits[0, -1]))
+
+    def _reuse_prefix(self, seq: _Sequence) -> int:
+        """Copy the longest cached prefix of the prompt into the sequence's slot; its length."""
+        if self.prefix_cache is None:
+            return 0
+        assert self._kv is not None
+        blocks = self.prefix_cache.lookup(seq.request.prompt_token_ids)
+        if not blocks:
+            self._metrics.prefix_cache_misses.labels(self.name).inc()
+            return 0
+        size = self.prefix_cache.block_size
+        for k, block in enumerate(blocks):
+            self._kv.write(seq.slot, k * size, block.keys, block.values)
+        reused = len(blocks) * size
+        self._metrics.prefix_cache_hits.labels(self.name).inc()
+        self._metrics.prefix_reused_tokens.labels(self.name).inc(reused)
+        return reused
 
     def _decode(self) -> None:
         batch = list(self._running)
@@ -362,6 +398,7 @@ class Engine:
         if first:
             delta.queue_ms = (seq.admitted - seq.submitted) * 1000
             delta.ttft_ms = seq.first_token_ms
+            delta.cached_tokens = seq.reused
         return delta
 
     def _finish(

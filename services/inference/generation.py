@@ -83,6 +83,7 @@ class Delta:
     queue_ms: float = 0.0
     ttft_ms: float = 0.0
     batch_size: int = 0  # sequences in the engine step that produced it (1 for a prefill)
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache (first delta only)
     error: Exception | None = None
 
     @property

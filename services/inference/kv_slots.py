@@ -50,3 +50,16 @@ class KvSlots:
         """Copy the first ``length`` positions of slot ``src`` into slot ``dst``."""
         for buf in (*self._keys, *self._values):
             buf[dst, :, :length] = buf[src, :, :length]
+
+    def read(self, slot: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of positions ``start..stop-1`` of one slot: [layers, kv_heads, stop-start, head] each."""
+        keys = np.stack([buf[slot, :, start:stop] for buf in self._keys])
+        values = np.stack([buf[slot, :, start:stop] for buf in self._values])
+        return keys, values
+
+    def write(self, slot: int, start: int, keys: np.ndarray, values: np.ndarray) -> None:
+        """Store KV blocks shaped like :meth:`read`'s at positions ``start..`` of one slot."""
+        stop = start + keys.shape[2]
+        for layer in range(self.layout.num_layers):
+            self._keys[layer][slot, :, start:stop] = keys[layer]
+            self._values[layer][slot, :, start:stop] = values[layer]

@@ -64,6 +64,30 @@ class EngineMetrics:
             ["model"],
             registry=registry,
         )
+        self.prefix_cache_hits = Counter(
+            "llmesh_inference_prefix_cache_hits",
+            "Prefills that reused a cached prompt prefix.",
+            ["model"],
+            registry=registry,
+        )
+        self.prefix_cache_misses = Counter(
+            "llmesh_inference_prefix_cache_misses",
+            "Prefills that found no cached prompt prefix (cache on).",
+            ["model"],
+            registry=registry,
+        )
+        self.prefix_reused_tokens = Counter(
+            "llmesh_inference_prefix_reused_tokens",
+            "Prompt tokens whose KV was copied from the prefix cache instead of prefilled.",
+            ["model"],
+            registry=registry,
+        )
+        self.prefix_cache_tokens = Gauge(
+            "llmesh_inference_prefix_cache_tokens",
+            "Prompt-prefix tokens held in the prefix cache.",
+            ["model"],
+            registry=registry,
+        )
         self.queued = Gauge(
             "llmesh_inference_queued_requests", "Requests waiting for a slot.", ["model"], registry=registry
         )

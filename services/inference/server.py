@@ -35,6 +35,8 @@ def build_server(settings: InferenceSettings, registry: CollectorRegistry = REGI
         max_context=settings.max_context,
         default_max_tokens=settings.default_max_tokens,
         providers=tuple(settings.provider_list),
+        prefix_cache_tokens=settings.prefix_cache_tokens if settings.prefix_cache else 0,
+        prefix_block_tokens=settings.prefix_block_tokens,
     )
 
     async def load() -> None:

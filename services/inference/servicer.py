@@ -135,6 +135,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             cache = backend.prefix_cache
             if cache is not None:
                 out.prefix_caches.add(
-                    model=backend.card.name, block_size=cache.block_size, block_digests=cache.wire_digests(limit)
+                    model=backend.card.name,
+                    block_size=cache.block_size,
+                    block_digests=cache.wire_digests(limit),
                 )
         return out

@@ -42,6 +42,15 @@ class InferenceSettings(ServiceSettings):
         description="ONNX Runtime execution providers for the embedded engine, comma-separated in "
         "priority order (e.g. `CUDAExecutionProvider,CPUExecutionProvider` with onnxruntime-gpu).",
     )
+    prefix_cache: bool = Field(
+        True, description="Keep the KV of prompt prefixes and reuse it when a prompt starts the same way."
+    )
+    prefix_cache_tokens: int = Field(
+        4096, gt=0, description="Prompt-prefix tokens cached per model (SmolLM2-135M: 45 KiB each)."
+    )
+    prefix_block_tokens: int = Field(
+        16, gt=0, description="Tokens per prefix-cache block; prefixes are reused in whole blocks."
+    )
 
     @property
     def provider_list(self) -> list[str]:

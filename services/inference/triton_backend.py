@@ -22,6 +22,7 @@ from libs.runtime.errors import InvalidArgument, ResourceExhausted, Unavailable
 from services.inference.backends import ModelCard
 from services.inference.generation import Delta, FinishReason, GenerationRequest, Usage
 from services.inference.model_info import ModelFolder
+from services.inference.prefix_cache import PrefixCache
 from services.inference.text_stream import IncrementalDetokenizer, StopMatcher
 
 log = logging.getLogger("llmesh.inference.triton")
@@ -91,6 +92,11 @@ class TritonBackend:
     @property
     def queued(self) -> int:
         return 0
+
+    @property
+    def prefix_cache(self) -> PrefixCache | None:
+        """Triton's engine keeps its prefix cache inside Triton; it is not reported."""
+        return None
 
     def _validate(self, request: GenerationRequest) -> None:
         request.sampling.validate()
