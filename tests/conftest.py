@@ -20,7 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     """Redis, tokenizer, safety, cache, inference, router, gateway and Envoy as real processes."""
-    m = Mesh(MeshConfig(workdir=tmp_path_factory.mktemp("mesh"))).start()
+    # inference at DEBUG logs each prompt's token ids, so tests can check what the model received
+    cfg = MeshConfig(
+        workdir=tmp_path_factory.mktemp("mesh"), env={"inference": {"LLMESH_INFERENCE_LOG_LEVEL": "DEBUG"}}
+    )
+    m = Mesh(cfg).start()
     try:
         yield m
     finally:

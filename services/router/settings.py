@@ -38,7 +38,11 @@ class RouterSettings(ServiceSettings):
         0.3, gt=0, description="Deadline of a cache lookup, seconds; a slower cache counts as a miss."
     )
     cache_wait_ms: int = Field(
-        0, ge=0, description="How long a lookup may wait for an identical in-flight request (single flight)."
+        10_000,
+        ge=0,
+        description="How long a cacheable request waits for an identical one already generating (single "
+        "flight: N concurrent identical misses run inference once); 0 = never wait. Matches the cache's "
+        "lease (LLMESH_CACHE_LEASE_MS), after which a waiter takes over.",
     )
     first_token_timeout_s: float = Field(
         10.0, gt=0, description="Deadline for an inference attempt to produce its first token, seconds."
