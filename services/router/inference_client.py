@@ -5,15 +5,22 @@ Each replica's `GetLoad` is polled in the background; targets are ordered by rep
 polls still spreads out. A replica that does not answer the poll goes last (its circuit breaker
 decides whether it is tried at all). Models and versions come from `ListModels`, refreshed
 whenever a replica comes back.
+
+Prefix affinity is the tie-break: `GetLoad` also reports the digests of the prompt-prefix blocks
+each replica's prefix cache holds. Given the prompt's token ids, among the reachable replicas
+whose score is within `affinity_slack` of the lowest, the one holding the longest prefix of the
+prompt goes first (it skips prefilling those tokens); every other replica keeps its load order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import logging
-from collections.abc import AsyncGenerator, Sequence
+import struct
+from collections.abc import AsyncGenerator, Collection, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -31,6 +38,38 @@ log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 
+@dataclass(frozen=True)
+class CachedPrefixes:
+    """The prefix-cache blocks one replica reported for one model."""
+
+    block_size: int
+    digests: frozenset[int]
+
+
+def prefix_digests(token_ids: Sequence[int], block_size: int) -> list[int]:
+    """The 64-bit chain digests of the full blocks of a prompt, as inference replicas report them.
+
+    d[k] = BLAKE2b-128(d[k-1] || block k's token ids as little-endian int32), d[-1] empty; the
+    reported value is d[k]'s first 8 bytes, little-endian (see PrefixCacheSummary).
+    """
+    out: list[int] = []
+    parent = b""
+    for k in range(len(token_ids) // block_size):
+        block = token_ids[k * block_size : (k + 1) * block_size]
+        data = struct.pack(f"<{block_size}i", *block)
+        parent = hashlib.blake2b(parent + data, digest_size=16).digest()
+        out.append(int.from_bytes(parent[:8], "little"))
+    return out
+
+
+def cached_prefix_tokens(prompt_digests: Sequence[int], block_size: int, held: Collection[int]) -> int:
+    """Tokens of the longest prompt prefix whose last block's digest is in ``held``."""
+    for k in range(len(prompt_digests) - 1, -1, -1):
+        if prompt_digests[k] in held:
+            return (k + 1) * block_size
+    return 0
+
+
 @dataclass
 class Replica:
     """One inference replica and what the router knows about it."""
@@ -44,6 +83,7 @@ class Replica:
     pending: int = 0
     pending_at_poll: int = 0
     models: dict[str, str] = field(default_factory=dict)
+    prefixes: dict[str, CachedPrefixes] = field(default_factory=dict)
 
     @property
     def score(self) -> int:
@@ -72,12 +112,16 @@ class InferenceReplicas:
         *,
         poll_s: float = 0.5,
         credentials: grpc.ChannelCredentials | None = None,
+        affinity_slack: int = 2,
+        prefix_digests_per_poll: int = 512,
     ):
         if not addrs:
             raise ValueError("at least one inference replica address is needed")
         self.replicas = [self._replica(f"inference-{i}", addr, credentials) for i, addr in enumerate(addrs)]
         self._by_name = {r.name: r for r in self.replicas}
         self.poll_s = poll_s
+        self.affinity_slack = affinity_slack
+        self.prefix_digests_per_poll = prefix_digests_per_poll
         self._task: asyncio.Task[None] | None = None
         self._rr = itertools.count()
 
@@ -116,7 +160,9 @@ class InferenceReplicas:
                 listed = await r.stub.ListModels(pb.ListModelsRequest(), timeout=timeout)
                 r.models = {m.name: f"{m.name}@{m.version}" for m in listed.models}
             pending = r.pending
-            load = await r.stub.GetLoad(pb.GetLoadRequest(), timeout=timeout)
+            load = await r.stub.GetLoad(
+                pb.GetLoadRequest(max_prefix_digests=self.prefix_digests_per_poll), timeout=timeout
+            )
         except grpc.aio.AioRpcError as err:
             if r.reachable:
                 log.warning(
@@ -129,18 +175,60 @@ class InferenceReplicas:
             log.info("inference replica reachable again", extra={"fields": {"replica": r.name}})
         r.reachable = True
         r.load, r.pending_at_poll = load.running + load.queued, pending
+        r.prefixes = {
+            c.model: CachedPrefixes(c.block_size, frozenset(c.block_digests))
+            for c in load.prefix_caches
+            if c.block_size > 0
+        }
         REPLICA_LOAD.labels(r.name).set(r.load)
 
-    def targets(self, spec: ModelSpec) -> list[Target]:
-        """Replicas that serve the model (or have not said yet), least loaded first."""
+    def targets(self, spec: ModelSpec, prompt_token_ids: Sequence[int] = ()) -> list[Target]:
+        """Replicas that serve the model (or have not said yet), least loaded first.
+
+        With the prompt's token ids, the replica holding the longest cached prefix of it goes
+        first among those whose load is within `affinity_slack` of the least loaded.
+        """
         model = spec.upstream_model
         serving = [r for r in self.replicas if not r.models or model in r.models]
         start = next(self._rr)
         n = len(serving)
-        ordered = sorted(
-            range(n), key=lambda i: (not serving[i].reachable, serving[i].score, (i - start) % n)
+        ordered = [
+            serving[i]
+            for i in sorted(
+                range(n), key=lambda i: (not serving[i].reachable, serving[i].score, (i - start) % n)
+            )
+        ]
+        if prompt_token_ids:
+            ordered = self._prefer_cached_prefix(ordered, model, prompt_token_ids)
+        return [r.target for r in ordered]
+
+    def _prefer_cached_prefix(
+        self, ordered: list[Replica], model: str, prompt_token_ids: Sequence[int]
+    ) -> list[Replica]:
+        """Move the near-least-loaded replica holding the longest prompt prefix to the front."""
+        if not ordered or not ordered[0].reachable:
+            return ordered
+        limit = ordered[0].score + self.affinity_slack
+        digests: dict[int, list[int]] = {}
+        best, best_tokens = -1, 0
+        for i, r in enumerate(ordered):
+            if not r.reachable or r.score > limit:
+                break
+            held = r.prefixes.get(model)
+            if held is None:
+                continue
+            if held.block_size not in digests:
+                digests[held.block_size] = prefix_digests(prompt_token_ids, held.block_size)
+            tokens = cached_prefix_tokens(digests[held.block_size], held.block_size, held.digests)
+            if tokens > best_tokens:
+                best, best_tokens = i, tokens
+        if best <= 0:
+            return ordered
+        log.debug(
+            "prefix affinity",
+            extra={"fields": {"replica": ordered[best].name, "cached_prefix_tokens": best_tokens}},
         )
-        return [serving[i].target for i in ordered]
+        return [ordered[best], *ordered[:best], *ordered[best + 1 :]]
 
     def model_version(self, spec: ModelSpec) -> str:
         """The version reported by the replicas ('' before any replica answered)."""
