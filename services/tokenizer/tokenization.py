@@ -1,4 +1,4 @@
-"""Tokenizers for the models the mesh serves (Hugging Face `tokenizers` via transformers).
+"""Tokenizers for the models the mesh serves (the Hugging Face `tokenizers` library directly).
 
 A model folder holds `tokenizer.json` (and usually a chat template). The registry scans the
 models directory: `<models_dir>/<name>/hf/` is the model `<name>`, and each sibling precision
@@ -12,9 +12,11 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from tokenizers import Tokenizer
 
 from libs.runtime.errors import InvalidArgument, NotFound
+from services.tokenizer.chat_template import ChatTemplate
 
 log = logging.getLogger(__name__)
 ROLES = frozenset({"system", "user", "assistant", "tool"})
@@ -31,20 +33,21 @@ class Message:
 
 @dataclass
 class LoadedTokenizer:
-    """One tokenizer with the names that resolve to it."""
+    """One tokenizer (and its chat template) with the names that resolve to it."""
 
     name: str
     path: Path
-    impl: Any
+    impl: Tokenizer
+    template: ChatTemplate | None
     aliases: list[str] = field(default_factory=list)
 
     @property
     def vocab_size(self) -> int:
-        return len(self.impl)
+        return int(self.impl.get_vocab_size(with_added_tokens=True))
 
     @property
     def has_chat_template(self) -> bool:
-        return bool(getattr(self.impl, "chat_template", None))
+        return self.template is not None
 
 
 class TokenizerRegistry:
@@ -74,10 +77,8 @@ class TokenizerRegistry:
 
     def add(self, name: str, path: Path, aliases: Iterable[str] = ()) -> LoadedTokenizer:
         """Load the tokenizer at `path` under `name` and `aliases`."""
-        from transformers import AutoTokenizer
-
-        impl = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        entry = LoadedTokenizer(name=name, path=path, impl=impl, aliases=list(aliases))
+        impl = Tokenizer.from_file(str(path / "tokenizer.json"))
+        entry = LoadedTokenizer(name, path, impl, ChatTemplate.from_folder(path), list(aliases))
         self._tokenizers.append(entry)
         for n in (name, *entry.aliases):
             self._by_name[n] = entry
@@ -112,7 +113,7 @@ class TokenizerRegistry:
         """Token ids of `text`."""
         self._check_text(text)
         tok = self.get(model)
-        return list(tok.impl.encode(text, add_special_tokens=add_special_tokens))
+        return list(tok.impl.encode(text, add_special_tokens=add_special_tokens).ids)
 
     def decode(self, model: str, token_ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         """Text of `token_ids`; ids outside the vocabulary are an error, not garbage."""
@@ -132,7 +133,7 @@ class TokenizerRegistry:
         tok = self.get(model)
         if not messages:
             raise InvalidArgument("messages must not be empty", reason="EMPTY_MESSAGES")
-        if not tok.has_chat_template:
+        if tok.template is None:
             raise InvalidArgument(
                 f"model {tok.name!r} has no chat template; use a completion instead",
                 reason="NO_CHAT_TEMPLATE",
@@ -149,17 +150,14 @@ class TokenizerRegistry:
             if m.name:
                 turn["name"] = m.name
             turns.append(turn)
-        rendered = tok.impl.apply_chat_template(
-            turns, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
-        return str(rendered)
+        return tok.template.render(turns, add_generation_prompt)
 
     def apply_chat_template(
         self, model: str, messages: Sequence[Message], add_generation_prompt: bool = True
     ) -> tuple[str, list[int]]:
         """The rendered chat and its token ids (the template carries its own special tokens)."""
         prompt = self.render_chat(model, messages, add_generation_prompt)
-        return prompt, list(self.get(model).impl.encode(prompt, add_special_tokens=False))
+        return prompt, list(self.get(model).impl.encode(prompt, add_special_tokens=False).ids)
 
     def count(self, model: str, text: str = "", messages: Sequence[Message] = ()) -> int:
         """Tokens in `text`, or in the rendered chat when messages are given."""
