@@ -8,8 +8,11 @@ injection buried at the end of a long document is not diluted away.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,28 +131,57 @@ class InjectionHead:
 
 
 class InjectionClassifier:
-    """Scores texts with the trained head; one probability per text (max over its windows)."""
+    """Scores texts with the trained head; one probability per text (max over its windows).
 
-    def __init__(self, embedder: SentenceEmbedder, head: InjectionHead) -> None:
+    A score is a pure function of the text and the loaded model, so recent scores are kept in a
+    bounded LRU keyed by the text's digest: a repeated prompt (the case a cache hit serves) skips
+    the embedding, which is most of the cost of input screening.
+    """
+
+    def __init__(self, embedder: SentenceEmbedder, head: InjectionHead, memo_entries: int = 8192) -> None:
         if head.weights.shape != (embedder.dim,):
             raise ValueError(f"head has {head.weights.shape[0]} weights, embedder gives {embedder.dim}")
         self._embedder = embedder
         self._head = head
+        self._memo: OrderedDict[bytes, float] = OrderedDict()
+        self._memo_entries = memo_entries
+        self._lock = threading.Lock()
+
+    def _remembered(self, digest: bytes) -> float | None:
+        with self._lock:
+            score = self._memo.get(digest)
+            if score is not None:
+                self._memo.move_to_end(digest)
+            return score
+
+    def _remember(self, digest: bytes, score: float) -> None:
+        with self._lock:
+            self._memo[digest] = score
+            self._memo.move_to_end(digest)
+            while len(self._memo) > self._memo_entries:
+                self._memo.popitem(last=False)
 
     def scores(self, texts: Sequence[str]) -> list[float]:
+        digests = [
+            hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=16).digest() for t in texts
+        ]
+        result = [self._remembered(d) for d in digests]
         owners: list[int] = []
         pieces: list[str] = []
         for i, text in enumerate(texts):
-            for piece in windows(text):
-                owners.append(i)
-                pieces.append(piece)
-        result = [0.0] * len(texts)
-        if not pieces:
-            return result
-        probabilities = self._head.probabilities(self._embedder.embed(pieces))
-        for owner, p in zip(owners, probabilities, strict=True):
-            result[owner] = max(result[owner], float(p))
-        return result
+            if result[i] is None:
+                for piece in windows(text):
+                    owners.append(i)
+                    pieces.append(piece)
+        fresh: dict[int, float] = {i: 0.0 for i, r in enumerate(result) if r is None}
+        if pieces:
+            probabilities = self._head.probabilities(self._embedder.embed(pieces))
+            for owner, p in zip(owners, probabilities, strict=True):
+                fresh[owner] = max(fresh[owner], float(p))
+        for i, score in fresh.items():
+            self._remember(digests[i], score)
+            result[i] = score
+        return [float(r) for r in result if r is not None]
 
     def detect(self, texts: Sequence[str]) -> list[list[Detection]]:
         """Classifier findings per text, spanning the whole text, scored by probability."""
