@@ -6,7 +6,8 @@ Starts the whole mesh with the lead's harness (Redis, tokenizer, safety, cache, 
 replica, one router, the gateway and Envoy) on free ports. For concurrency 1 and 32 it runs the
 same greedy generation (same prompt token ids, same max_tokens, cache bypassed) twice: directly
 on the inference service (`GenerateStream`) and end to end through Envoy to the router
-(`StreamChatCompletion` over gRPC). Overhead = mesh latency - direct latency (medians). The
+(`StreamChatCompletion` over gRPC). At concurrency 1 the direct and mesh calls alternate, so
+both see the same load on the machine. Overhead = mesh latency - direct latency (medians). The
 per-hop split comes from the router's audit events (matched by `x-llmesh-request-id`): time in
 each pipeline step, and the rest (Envoy, gRPC hops, the router's own work). Prints a table and
 writes build/bench/mesh.json.
@@ -39,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "build" / "bench" / "mesh.json"
 MODEL = "smollm2-135m-int8"
 PROMPT = "Give one short sentence about the sea."
-STEPS = ("rate_limit", "tokenize", "budget", "input_safety", "cache_lookup", "first_token", "output_safety",
-         "accounting")  # fmt: skip
+STEPS = ("rate_limit", "tokenize", "budget", "input_safety", "input_safety_wait", "cache_lookup",
+         "first_token", "output_safety", "accounting")  # fmt: skip
 
 
 def pct(values: list[float], q: float) -> float:
@@ -131,8 +132,15 @@ async def bench(mesh: Mesh, requests: int, max_tokens: int) -> dict[str, Any]:
         levels: dict[str, Any] = {}
         for conc in (1, 32):
             total = requests if conc == 1 else max(requests, 2 * conc)
-            d = await run_level(lambda: direct(inf, ids, max_tokens), conc, total)
-            m = await run_level(lambda: through_mesh(router, key, max_tokens), conc, total)
+            if conc == 1:
+                # Alternate direct and mesh calls so that both see the same load on the machine.
+                d, m = [], []
+                for _ in range(total):
+                    d.append(await direct(inf, ids, max_tokens))
+                    m.append(await through_mesh(router, key, max_tokens))
+            else:
+                d = await run_level(lambda: direct(inf, ids, max_tokens), conc, total)
+                m = await run_level(lambda: through_mesh(router, key, max_tokens), conc, total)
             await asyncio.sleep(0.5)
             events = audit_steps(mesh.cfg.workdir / "router-0.log", {r["request_id"] for r in m})
             steps = (

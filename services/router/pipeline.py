@@ -1,11 +1,15 @@
 """The request pipeline: one generation from an authenticated key to accounted, screened output.
 
-    rate limit → token ids (chat template) → choose model → budget hold
-      → input safety ∥ cache lookup → [cache hit: replay] | inference (retries, fallbacks)
+    rate limit → input safety ∥ (token ids (chat template) → choose model → budget hold
+      → cache lookup) → [cache hit: replay] | inference (retries, fallbacks)
       → output safety, chunk by chunk → usage accounting; cache store in the background
 
-The model is chosen before the parallel step because the cache key includes the model (an
-answer of one model never serves another). Every step runs under a deadline derived from the
+Input safety reads only the messages, so it starts right after the rate limit and runs while the
+prompt is tokenized, the model chosen, the budget held and the cache asked. Nothing waits on it
+until its verdict is needed: no token ids reach inference and no cached answer is released before
+it allowed the prompt (a redacted prompt is re-tokenized from the redacted messages). The model is
+chosen before the cache lookup because the cache key includes the model (an answer of one model
+never serves another). Every step runs under a deadline derived from the
 caller's. Failures follow policy: a cache failure is a miss; safety down follows the key's fail
 mode; inference failures retry and fall back before the first token (see `dispatch`).
 
@@ -20,6 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Sequence
+from typing import Any
 
 from llmesh.cache.v1 import cache_service_pb2 as cache_pb
 from llmesh.common.v1 import generation_pb2 as gen_pb
@@ -50,6 +55,18 @@ from services.router.routing import choose
 from services.router.screening import OutputScreener
 
 log = logging.getLogger(__name__)
+
+
+async def _cancel(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    """Cancel the helper tasks a request did not wait for, and collect their outcomes."""
+    pending = [t for t in tasks if not t.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved, so an unawaited failure is not reported as lost
 
 
 class Pipeline:
@@ -100,12 +117,13 @@ class Pipeline:
         return len(ids) if spec.tokenizer_model else max(1, req.char_count() // 4)
 
     async def _screen_input(
-        self, key: KeyRecord, request_id: str, req: GenerationInput, deadline: Deadline
+        self, key: KeyRecord, request_id: str, req: GenerationInput, deadline: Deadline, audit: RequestAudit
     ) -> safety_pb.ScreenInputResponse | None:
         """The screening verdict, or None when safety is down and the key fails open."""
         try:
             timeout = deadline.step(self.cfg.safety_timeout_s, "input safety screening")
-            return await self.safety.screen_input(key.tenant, request_id, req.screen_messages(), timeout)
+            with audit.step("input_safety"):
+                return await self.safety.screen_input(key.tenant, request_id, req.screen_messages(), timeout)
         except InvalidArgument:
             raise
         except LlmeshError as exc:
@@ -191,6 +209,7 @@ class Pipeline:
         route = Route(trace_id=trace_id)
         reservation: Reservation | None = None
         produced = False
+        tasks: list[asyncio.Task[Any]] = []
         m.INFLIGHT.inc()
         try:
             max_tokens_hint = (
@@ -201,6 +220,8 @@ class Pipeline:
             with audit.step("rate_limit"):
                 await self.limiter.acquire(key, tokens=req.char_count() // 4 + max_tokens_hint)
             audit.limited_tokens = req.char_count() // 4 + max_tokens_hint
+            safety_task = asyncio.create_task(self._screen_input(key, request_id, req, deadline, audit))
+            tasks.append(safety_task)
 
             spec = self._resolve(req, key)
             allowed = self.registry.allowed(key.models)
@@ -261,13 +282,11 @@ class Pipeline:
             )
             t_parallel = time.perf_counter()
             cache_task = asyncio.create_task(self._lookup(lookup_req, deadline)) if use_cache else None
-            try:
-                with audit.step("input_safety"):
-                    screened = await self._screen_input(key, request_id, req, deadline)
-            except BaseException:
-                if cache_task is not None:
-                    cache_task.cancel()
-                raise
+            if cache_task is not None:
+                tasks.append(cache_task)
+            t_wait = time.perf_counter()
+            screened = await safety_task
+            audit.steps["input_safety_wait"] = time.perf_counter() - t_wait
             lookup = await cache_task if cache_task is not None else None
             audit.steps["cache_lookup"] = time.perf_counter() - t_parallel if cache_task else 0.0
             restore: dict[str, str] = {}
@@ -414,6 +433,7 @@ class Pipeline:
             audit.status = "CANCELLED"
             raise
         finally:
+            await _cancel(tasks)
             m.INFLIGHT.dec()
             if not audit.settled:
                 await self._unwind(key, reservation, route, audit, produced)
