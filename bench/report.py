@@ -141,6 +141,22 @@ def mesh(d: Any) -> list[str]:
     return out
 
 
+def cache_e2e(d: Any) -> list[str]:
+    out = [
+        f"**Cache hits end to end** (`bench/cache_e2e.py`: one greedy request repeated through the whole "
+        f"mesh — auth, rate limit, template, budget, input safety, lookup, replay; {d['n']} sequential, "
+        f"then {d['concurrency']} concurrent callers):",
+        "",
+        "| path | p50 ms | p99 ms | hits/s |",
+        "|---|---:|---:|---:|",
+    ]
+    out += [
+        f"| {k} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {_f(v['rps'], 0)} |"
+        for k, v in d["results"].items()
+    ]
+    return out
+
+
 def replicas(d: Any) -> list[str]:
     c = d["config"]
     out = [
@@ -167,7 +183,7 @@ def render() -> str:
     out = [BEGIN, "", f"Measured with `make bench` on {machine.get('cpus', '?')} CPU cores "
            f"(Python {machine.get('python', '?')}, no GPU), all tables from one run.", ""]  # fmt: skip
     for name, fn in (("inference", inference), ("safety", safety), ("cache", cache), ("edge", edge),
-                     ("mesh", mesh), ("replicas", replicas)):  # fmt: skip
+                     ("mesh", mesh), ("cache_e2e", cache_e2e), ("replicas", replicas)):  # fmt: skip
         data = _load(name)
         if data is not None:
             out += [*fn(data), ""]
