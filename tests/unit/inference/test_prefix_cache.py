@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from services.inference.kv_slots import KvSlots
+from services.inference.model_info import GraphLayout
 from services.inference.prefix_cache import PrefixCache, chain_digests, wire_digest
 
 BLOCK = 4
@@ -102,3 +104,20 @@ def test_bad_sizes_are_refused() -> None:
         PrefixCache(0, 4)
     with pytest.raises(ValueError):
         PrefixCache(4, 0)
+
+
+def test_kv_slots_read_and_write_round_trip_one_block() -> None:
+    layout = GraphLayout("ids", "mask", None, "logits", "pk.%d", "pv.%d", "ok.%d", "ov.%d",
+                         num_layers=2, num_kv_heads=3, head_size=5, vocab_size=10)  # fmt: skip
+    slots = KvSlots(layout, max_batch=2, context=32)
+    rng = np.random.default_rng(0)
+    for buf in (*slots._keys, *slots._values):
+        buf[0] = rng.standard_normal(buf.shape[1:])
+    keys, values = slots.read(0, 8, 12)
+    assert keys.shape == values.shape == (2, 3, 4, 5)
+    slots.write(1, 20, keys, values)
+    for buf in (*slots._keys, *slots._values):
+        assert np.array_equal(buf[1, :, 20:24], buf[0, :, 8:12])
+    assert not slots._keys[0][1, :, :20].any() and not slots._keys[0][1, :, 24:].any()
+    slots._keys[0][0, :, 8:12] = 0.0  # read returned a copy
+    assert keys[0].any()
