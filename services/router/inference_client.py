@@ -9,7 +9,11 @@ whenever a replica comes back.
 Prefix affinity is the tie-break: `GetLoad` also reports the digests of the prompt-prefix blocks
 each replica's prefix cache holds. Given the prompt's token ids, among the reachable replicas
 whose score is within `affinity_slack` of the lowest, the one holding the longest prefix of the
-prompt goes first (it skips prefilling those tokens); every other replica keeps its load order.
+prompt goes first (it skips prefilling those tokens) when that saves at least
+`affinity_min_tokens` over the load-order choice; every other replica keeps its load order. The
+minimum keeps short shared prefixes (the chat template's default system prompt, which every
+replica holds) from pinning identical small prompts to one replica: round-robin still spreads them,
+and a replica coming back still gets the calls that close its circuit breaker.
 """
 
 from __future__ import annotations
@@ -113,6 +117,7 @@ class InferenceReplicas:
         poll_s: float = 0.5,
         credentials: grpc.ChannelCredentials | None = None,
         affinity_slack: int = 2,
+        affinity_min_tokens: int = 64,
         prefix_digests_per_poll: int = 512,
     ):
         if not addrs:
@@ -121,6 +126,7 @@ class InferenceReplicas:
         self._by_name = {r.name: r for r in self.replicas}
         self.poll_s = poll_s
         self.affinity_slack = affinity_slack
+        self.affinity_min_tokens = affinity_min_tokens
         self.prefix_digests_per_poll = prefix_digests_per_poll
         self._task: asyncio.Task[None] | None = None
         self._rr = itertools.count()
@@ -210,19 +216,20 @@ class InferenceReplicas:
             return ordered
         limit = ordered[0].score + self.affinity_slack
         digests: dict[int, list[int]] = {}
-        best, best_tokens = -1, 0
-        for i, r in enumerate(ordered):
+        matched: list[int] = []
+        for r in ordered:
             if not r.reachable or r.score > limit:
                 break
             held = r.prefixes.get(model)
             if held is None:
+                matched.append(0)
                 continue
             if held.block_size not in digests:
                 digests[held.block_size] = prefix_digests(prompt_token_ids, held.block_size)
-            tokens = cached_prefix_tokens(digests[held.block_size], held.block_size, held.digests)
-            if tokens > best_tokens:
-                best, best_tokens = i, tokens
-        if best <= 0:
+            matched.append(cached_prefix_tokens(digests[held.block_size], held.block_size, held.digests))
+        best_tokens = max(matched)
+        best = matched.index(best_tokens)  # the first in load order among equal matches
+        if best == 0 or best_tokens - matched[0] < self.affinity_min_tokens:
             return ordered
         log.debug(
             "prefix affinity",

@@ -21,13 +21,15 @@ BLOCK = 16
 MODEL = "smollm2-135m-int8"
 SPEC = ModelSpec(name="smol", backend_model=MODEL, context_length=2048, input_price_per_1k=0,
                  output_price_per_1k=0, tier=1)  # fmt: skip
-SYSTEM = list(range(1000, 1040))  # a 40-token shared system prompt: two full blocks
+SYSTEM = list(range(1000, 1100))  # a 100-token shared system prompt: six full blocks
 PROMPT = [*SYSTEM, 7, 8, 9, 10, 11]
 
 
 @pytest.fixture
 async def replicas() -> AsyncIterator[InferenceReplicas]:
-    backend = InferenceReplicas(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], affinity_slack=2)
+    backend = InferenceReplicas(
+        ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], affinity_slack=2, affinity_min_tokens=64
+    )
     for r in backend.replicas:
         r.models = {MODEL: f"{MODEL}@v1"}
     yield backend
@@ -105,3 +107,15 @@ async def test_no_prompt_or_no_match_keeps_round_robin(replicas: InferenceReplic
 async def test_a_prompt_shorter_than_a_block_has_no_affinity(replicas: InferenceReplicas) -> None:
     _hold(replicas, 1, SYSTEM)
     assert {_first(replicas, SYSTEM[:10]) for _ in range(6)} == {"inference-0", "inference-1", "inference-2"}
+
+
+async def test_a_small_saving_does_not_pin_a_prompt(replicas: InferenceReplicas) -> None:
+    _hold(replicas, 1, SYSTEM[:48])  # three blocks: below the 64-token minimum
+    assert {_first(replicas) for _ in range(6)} == {"inference-0", "inference-1", "inference-2"}
+    _hold(replicas, 0, SYSTEM[:32])
+    _hold(replicas, 2, SYSTEM[:32])
+    _hold(replicas, 1, SYSTEM)  # 96 tokens, but only 64 more than the others hold
+    assert {_first(replicas) for _ in range(6)} == {"inference-1"}
+    _hold(replicas, 0, SYSTEM[:48])
+    _hold(replicas, 2, SYSTEM[:48])  # now it saves only 48 over any of them
+    assert {_first(replicas) for _ in range(6)} == {"inference-0", "inference-1", "inference-2"}
