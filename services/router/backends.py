@@ -61,7 +61,7 @@ class Target:
 class Backend(Protocol):
     """A kind of backend (llmesh replicas, OpenAI-compatible HTTP)."""
 
-    def targets(self, spec: ModelSpec) -> list[Target]:
+    def targets(self, spec: ModelSpec, prompt_token_ids: Sequence[int] = ()) -> list[Target]:
         """Where `spec` can run now, best first."""
         ...
 

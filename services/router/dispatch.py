@@ -118,7 +118,7 @@ class Dispatcher:
         retry_in: list[float] = []
         for hop, spec in enumerate(chain):
             tried_model = False
-            for target in self.backends[spec.backend].targets(spec):
+            for target in self.backends[spec.backend].targets(spec, request.prompt_token_ids):
                 if made >= self.max_attempts:
                     break
                 admission = await self.breakers.admit(target.breaker_key)

@@ -10,7 +10,7 @@ errors → UNAVAILABLE, timeouts → DEADLINE_EXCEEDED, 404 → NOT_FOUND, 400 �
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -122,7 +122,7 @@ class OpenAIBackend:
         """Close the HTTP connection pool."""
         await self.client.aclose()
 
-    def targets(self, spec: ModelSpec) -> list[Target]:
+    def targets(self, spec: ModelSpec, prompt_token_ids: Sequence[int] = ()) -> list[Target]:
         host = urlsplit(spec.base_url).netloc or spec.base_url
         return [
             Target(name=f"openai:{host}", breaker_key=f"openai:{spec.base_url}", info={"url": spec.base_url})
