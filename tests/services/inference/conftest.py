@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -17,28 +14,7 @@ from tokenizers import Tokenizer
 from libs.runtime.server import GrpcService
 from services.inference.server import build_server
 from services.inference.settings import InferenceSettings
-
-REPO = Path(__file__).resolve().parents[3]
-MODELS = REPO / "build" / "models"
-INT8 = MODELS / "smollm2-135m" / "int8"
-
-
-def ensure_int8() -> Path:
-    if not (INT8 / "llmesh-model.json").exists():
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "services.inference.build_model",
-                "--out",
-                str(MODELS),
-                "--precisions",
-                "int8",
-            ],
-            cwd=REPO,
-            check=True,
-        )
-    return INT8
+from tests.models import MODELS, ensure_int8
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -19,7 +19,7 @@ from libs.runtime.server import GrpcService
 from libs.testing.process import ManagedProcess, free_port
 from services.inference.server import build_server
 from services.inference.settings import InferenceSettings
-from tests.services.inference.conftest import MODELS, REPO, ensure_int8
+from tests.models import MODELS, REPO, ensure_int8
 
 pytestmark = [pytest.mark.triton, pytest.mark.asyncio(loop_scope="session")]
 MODEL = "smollm2-135m-int8"

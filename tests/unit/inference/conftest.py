@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -14,29 +11,12 @@ from tokenizers import Tokenizer
 from services.inference.engine import Engine, EngineConfig
 from services.inference.metrics import EngineMetrics
 from services.inference.model_info import ModelFolder
-
-REPO = Path(__file__).resolve().parents[3]
-MODELS = REPO / "build" / "models"
-INT8 = MODELS / "smollm2-135m" / "int8"
+from tests.models import ensure_int8
 
 
 @pytest.fixture(scope="session")
 def int8_folder() -> ModelFolder:
-    if not (INT8 / "llmesh-model.json").exists():
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "services.inference.build_model",
-                "--out",
-                str(MODELS),
-                "--precisions",
-                "int8",
-            ],
-            cwd=REPO,
-            check=True,
-        )
-    return ModelFolder.load(INT8)
+    return ModelFolder.load(ensure_int8())
 
 
 @pytest.fixture(scope="session")
