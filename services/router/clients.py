@@ -9,6 +9,7 @@ deadline.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import grpc
@@ -21,7 +22,7 @@ from llmesh.tokenizer.v1 import tokenizer_service_pb2 as tok_pb
 from llmesh.tokenizer.v1 import tokenizer_service_pb2_grpc as tok_grpc
 
 from libs.runtime.channels import make_channel
-from libs.runtime.errors import LlmeshError, from_rpc_error
+from libs.runtime.errors import LlmeshError, Unavailable, from_rpc_error
 
 
 def channel(
@@ -89,17 +90,27 @@ class _GrpcOutputScreen:
         self.call = call
         self.target = target
 
+    def _ended(self) -> Unavailable:
+        return Unavailable(
+            f"safety ({self.target}): the output stream has already ended", reason="SAFETY_STREAM_CLOSED"
+        )
+
     async def write(self, request: safety_pb.ScreenOutputRequest) -> None:
         try:
             await self.call.write(request)
         except grpc.aio.AioRpcError as err:
             raise upstream_error(err, f"safety ({self.target})") from None
+        except asyncio.InvalidStateError:
+            # The call already finished (it failed, or was cancelled after a block).
+            raise self._ended() from None
 
     async def done_writing(self) -> None:
         try:
             await self.call.done_writing()
         except grpc.aio.AioRpcError as err:
             raise upstream_error(err, f"safety ({self.target})") from None
+        except asyncio.InvalidStateError:
+            raise self._ended() from None
 
     async def read(self) -> safety_pb.ScreenOutputResponse | None:
         try:

@@ -2,7 +2,7 @@
 
     rate limit → input safety ∥ (token ids (chat template) → choose model → budget hold
       → cache lookup) → [cache hit: replay] | inference (retries, fallbacks)
-      → output safety, chunk by chunk → usage accounting; cache store in the background
+      → output safety, pipelined (writer ∥ reader) → usage accounting; cache store in the background
 
 Input safety reads only the messages, so it starts right after the rate limit and runs while the
 prompt is tokenized, the model chosen, the budget held and the cache asked. Nothing waits on it
@@ -55,6 +55,12 @@ from services.router.routing import choose
 from services.router.screening import OutputScreener
 
 log = logging.getLogger(__name__)
+
+
+def _add_step(audit: RequestAudit, name: str, seconds: float) -> None:
+    """Time spent on a step outside `audit.step` (e.g. waiting for output safety's answers)."""
+    audit.steps[name] = audit.steps.get(name, 0.0) + seconds
+    m.STEP_LATENCY.labels(name).observe(seconds)
 
 
 async def _cancel(tasks: Sequence[asyncio.Task[Any]]) -> None:
@@ -377,6 +383,7 @@ class Pipeline:
                 fail_open=key.safety_fail_mode == "open" or screened is None,
                 chunk_timeout_s=self.cfg.safety_timeout_s,
                 stream_timeout_s=max(deadline.remaining(), 0.001),
+                on_wait=lambda waited: _add_step(audit, "output_safety", waited),
             )
             parts: list[str] = []
             finish: gen_pb.FinishReason.ValueType = gen_pb.FINISH_REASON_UNSPECIFIED
@@ -442,40 +449,55 @@ class Pipeline:
     async def _stream(
         self, opened: Opened, screener: OutputScreener, audit: RequestAudit
     ) -> AsyncGenerator[str | tuple[gen_pb.FinishReason.ValueType, gen_pb.Usage | None], None]:
-        """Released text of an opened generation, then (finish_reason, usage)."""
+        """Released text of an opened generation, then (finish_reason, usage).
+
+        The generation is read and handed to output safety by the screener's writer task while
+        this generator yields what safety released, so screening one chunk overlaps with reading
+        the next from inference.
+        """
         finish, usage, ok = gen_pb.FINISH_REASON_UNSPECIFIED, None, True
-        delta = opened.first
-        try:
+
+        async def chunks() -> AsyncGenerator[tuple[str, bool], None]:
+            nonlocal finish, usage, ok
+            delta = opened.first
             while True:
                 audit.completion_tokens += delta.tokens
                 usage = delta.usage or usage
                 finish = delta.finish_reason or finish
-                with audit.step("output_safety"):
-                    released = await screener.feed(delta.text)
+                yield delta.text, bool(delta.finish_reason)
+                if delta.finish_reason:
+                    # Read the call's end while safety screens the last chunk, so inference sees
+                    # the call finish cleanly instead of a cancellation.
+                    try:
+                        async for extra in opened.rest:
+                            log.info(
+                                "inference sent a delta after the finish reason; dropped",
+                                extra={"fields": {"chars": len(extra.text)}},
+                            )
+                    except LlmeshError as exc:
+                        log.info(
+                            "inference failed after the last token", extra={"fields": {"error": exc.message}}
+                        )
+                    return
+                try:
+                    delta = await anext(opened.rest)
+                except StopAsyncIteration:
+                    return
+                except LlmeshError:
+                    ok = False
+                    raise
+
+        released_stream = screener.screen(chunks())
+        try:
+            async for released in released_stream:
                 if released.text:
                     yield released.text
                 if released.blocked:
                     finish = gen_pb.FINISH_REASON_CONTENT_FILTER
                     log.info("output blocked", extra={"fields": {"reason": released.reason}})
-                    break
-                if delta.finish_reason:
-                    break
-                try:
-                    delta = await anext(opened.rest)
-                except StopAsyncIteration:
-                    break
-                except LlmeshError:
-                    ok = False
-                    raise
-            if finish != gen_pb.FINISH_REASON_CONTENT_FILTER:
-                with audit.step("output_safety"):
-                    released = await screener.finish()
-                if released.text:
-                    yield released.text
-                if released.blocked:
-                    finish = gen_pb.FINISH_REASON_CONTENT_FILTER
             yield (finish, usage)
         finally:
+            await released_stream.aclose()
             await opened.rest.aclose()
             await self.dispatcher.finished(opened, ok)
 
