@@ -2,12 +2,16 @@
 
 Each chunk is appended to the text not yet released. Detectors run over that text plus a short
 window of already released text (so context words such as "Bearer" or "born on" still count).
-Everything is released except the suffix that could still grow into a match: the trailing token
-(a partial e-mail, key or placeholder), a trailing run of digits and separators (a card or phone
-number under way), an IBAN under way, a PEM header under way, or a few words after a context
-phrase. A card number split over three chunks is therefore held until it is complete, then
-redacted. A finding whose action is block ends the stream at once, before anything more is
-released. Placeholders from input redaction are restored in released text when the policy says so.
+Everything is released except the suffix that could still grow into a finding whose action is not
+`allow` for this tenant: a run of key or secret characters, a trailing token (an e-mail when
+e-mails are redacted), a run of digits and separators (a card, SSN or phone number under way), an
+IBAN or IPv6 address under way, a PEM header under way, a few words after a context phrase, or a
+placeholder under way while input values are restored. Types the policy allows hold nothing back:
+under the default output policy e-mails, phones and IP addresses do not delay release, while a
+trailing word still waits because it could become a secret. A card number split over three
+chunks is therefore held until it is complete, then redacted. A finding whose action is block
+ends the stream at once, before anything more is released. Placeholders from input redaction are
+restored in released text when the policy says so.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass, field
 from services.safety.audit import AuditLog
 from services.safety.decisions import Decision, apply_redactions, block_reason, decide_spans, span_detections
 from services.safety.findings import Detection
-from services.safety.policy import Action, Policy
+from services.safety.policy import Action, DirectionPolicy, Policy
 from services.safety.redaction import Redactor, restore
 from services.safety.toxicity import TOXICITY_RULE, ToxicityScorer
 
@@ -28,22 +32,65 @@ CONTEXT_CHARS = 64
 # Released text scored together with new text for toxicity, in characters.
 TOXICITY_CONTEXT_CHARS = 200
 
-_TAILS: tuple[re.Pattern[str], ...] = (
-    re.compile(r"\S+$"),
-    re.compile(r"[+(]?\d[\d ().\-/]*$"),
-    re.compile(r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{1,4})*\s?$"),
-    re.compile(r"-{1,5}(?:B(?:E(?:G(?:I(?:N(?: [A-Z0-9 ]*-{0,5})?)?)?)?)?)?$"),
-    re.compile(
-        r"(?i)\b(?:born(?:\s+on)?|d\.?o\.?b\.?|date\s+of\s+birth|birth\s*date|birthday|ssn|social\s+security"
-        r"(?:\s+number)?|bearer|authorization|api[_-]?key|secret|token|passw(?:or)?d)\b[^\n]{0,30}$"
-    ),
-)
+_TOKEN_TAIL = re.compile(r"\S+$")
+_DIGIT_TAIL = re.compile(r"[+(]?\d[\d ().\-/]*$")
+_IBAN_TAIL = re.compile(r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{1,4})*\s?$|(?<![A-Za-z0-9])[A-Z]{1,2}\d?$")
+_PEM_TAIL = re.compile(r"-{1,5}(?:B(?:E(?:G(?:I(?:N(?: [A-Z0-9 ]*-{0,5})?)?)?)?)?)?$")
+# A run that could still grow into a key or a high-entropy secret (their alphabets, and `=`).
+_KEY_TAIL = re.compile(r"[A-Za-z0-9+/_=-]+$")
+_JWT_TAIL = re.compile(r"(?<![A-Za-z0-9_.-])e(?:y(?:J[A-Za-z0-9_.=-]*)?)?$")
+_IPV6_TAIL = re.compile(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*$|(?<![0-9A-Za-z])[0-9A-Fa-f]{1,4}$")
+_BEARER_TAIL = re.compile(r"(?i)\bbearer\s+\S*$")
+_PLACEHOLDER_TAIL = re.compile(r"\[[A-Za-z0-9_]*$")
 
 
-def holdback_start(buffer: str, floor: int) -> int:
+def _context_tail(words: str) -> re.Pattern[str]:
+    """A context phrase and up to 30 characters after it (the value it introduces)."""
+    return re.compile(rf"(?i)\b(?:{words})\b[^\n]{{0,30}}$")
+
+
+_DOB_CONTEXT = _context_tail(r"born(?:\s+on)?|d\.?o\.?b\.?|date\s+of\s+birth|birth\s*date|birthday")
+_SSN_CONTEXT = _context_tail(r"ssn|social\s+security(?:\s+number)?")
+_KEY_CONTEXT = _context_tail(r"bearer|authorization|api[_-]?key|secret|token|passw(?:or)?d")
+
+# For each span finding type, the suffixes that could still grow into a finding of that type.
+TAILS_BY_TYPE: dict[str, tuple[re.Pattern[str], ...]] = {
+    "EMAIL": (_TOKEN_TAIL,),
+    "PHONE": (_DIGIT_TAIL,),
+    "CREDIT_CARD": (_DIGIT_TAIL,),
+    "IBAN": (_IBAN_TAIL, _DIGIT_TAIL),
+    "US_SSN": (_DIGIT_TAIL, _SSN_CONTEXT),
+    "IP_ADDRESS": (_DIGIT_TAIL, _IPV6_TAIL),
+    "DATE_OF_BIRTH": (_DIGIT_TAIL, _DOB_CONTEXT),
+    "PRIVATE_KEY": (_PEM_TAIL,),
+    "AWS_ACCESS_KEY": (_KEY_TAIL,),
+    "AWS_SECRET_KEY": (_KEY_TAIL, _KEY_CONTEXT),
+    "API_KEY": (_KEY_TAIL,),
+    "JWT": (_KEY_TAIL, _JWT_TAIL),
+    "BEARER_TOKEN": (_KEY_TAIL, _BEARER_TAIL, _KEY_CONTEXT),
+    "SECRET": (_KEY_TAIL, _KEY_CONTEXT),
+}
+ALL_TAILS: tuple[re.Pattern[str], ...] = tuple(dict.fromkeys(t for ts in TAILS_BY_TYPE.values() for t in ts))
+
+
+def tails_for(side: DirectionPolicy, restoring: bool) -> tuple[re.Pattern[str], ...]:
+    """The hold-back patterns `side` needs: those of the types whose action is not `allow`.
+
+    A type with no entry in `TAILS_BY_TYPE` whose rule acts (possible only through `default`)
+    keeps every pattern. While input placeholders are restored, a placeholder under way is held.
+    """
+    acting = {t for t in TAILS_BY_TYPE if side.active(t)}
+    if side.default.action is not Action.ALLOW:
+        tails = ALL_TAILS
+    else:
+        tails = tuple(dict.fromkeys(t for kind in sorted(acting) for t in TAILS_BY_TYPE[kind]))
+    return (*tails, _PLACEHOLDER_TAIL) if restoring else tails
+
+
+def holdback_start(buffer: str, floor: int, tails: tuple[re.Pattern[str], ...] = ALL_TAILS) -> int:
     """Earliest index >= floor from which `buffer`'s suffix could still become part of a match."""
     start = len(buffer)
-    for pattern in _TAILS:
+    for pattern in tails:
         m = pattern.search(buffer, floor)
         if m is not None and m.start() < start:
             start = m.start()
@@ -80,6 +127,7 @@ class OutputStream:
         self._audit = audit
         self._restore = dict(restore_map) if policy.restore_redacted else {}
         self._toxicity = toxicity if self._side.active("TOXICITY") else None
+        self._tails = tails_for(self._side, bool(self._restore))
         self._max_holdback = max_holdback_chars
         self._redactor = Redactor()
         self._pending = ""
@@ -118,7 +166,7 @@ class OutputStream:
         if blocking:
             return self._block(blocking)
 
-        cut = len(buffer) if end_of_stream else holdback_start(buffer, base)
+        cut = len(buffer) if end_of_stream else holdback_start(buffer, base, self._tails)
         if not end_of_stream and len(buffer) - cut > self._max_holdback:
             cut = len(buffer) - self._max_holdback
         moved = True

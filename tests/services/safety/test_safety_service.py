@@ -167,3 +167,27 @@ async def test_get_policy_shows_tenant_override(served) -> None:
     default = await stub.GetPolicy(pb.GetPolicyRequest(tenant=""))
     assert "restore_redacted: false" in support.policy_yaml
     assert "restore_redacted: true" in default.policy_yaml
+
+
+async def test_allowed_email_in_output_is_released_without_waiting(served) -> None:
+    _, stub = served
+    # Default output policy: e-mails are allowed, so the chunk goes out in its own answer.
+    first, *_ = await _stream(
+        stub,
+        [
+            pb.ScreenOutputRequest(tenant="acme", request_id="req-hb1", chunk="Write to ana@example.com."),
+            pb.ScreenOutputRequest(end_of_stream=True),
+        ],
+    )
+    assert first.text == "Write to ana@example.com."
+    assert [(f.type, f.action) for f in first.findings] == [("EMAIL", pb.ACTION_ALLOW)]
+    # The support tenant redacts e-mails on output: the same chunk waits for its end.
+    replies = await _stream(
+        stub,
+        [
+            pb.ScreenOutputRequest(tenant="support", request_id="req-hb2", chunk="Write to ana@example.com."),
+            pb.ScreenOutputRequest(end_of_stream=True),
+        ],
+    )
+    assert replies[0].text == "Write to "
+    assert "".join(r.text for r in replies) == "Write to [EMAIL_1]."
