@@ -1,17 +1,19 @@
 """The request pipeline: one generation from an authenticated key to accounted, screened output.
 
-    rate limit → input safety ∥ (token ids (chat template) → choose model → budget hold
-      → cache lookup) → [cache hit: replay] | inference (retries, fallbacks)
+    rate limit → input safety ∥ (token ids (chat template) → choose model → budget hold)
+      → cache lookup ∥ re-tokenizing a redacted prompt → [cache hit: replay] | inference
       → output safety, pipelined (writer ∥ reader) → usage accounting; cache store in the background
 
 Input safety reads only the messages, so it starts right after the rate limit and runs while the
-prompt is tokenized, the model chosen, the budget held and the cache asked. Nothing waits on it
-until its verdict is needed: no token ids reach inference and no cached answer is released before
-it allowed the prompt (a redacted prompt is re-tokenized from the redacted messages). The model is
-chosen before the cache lookup because the cache key includes the model (an answer of one model
-never serves another). Every step runs under a deadline derived from the
-caller's. Failures follow policy: a cache failure is a miss; safety down follows the key's fail
-mode; inference failures retry and fall back before the first token (see `dispatch`).
+prompt is tokenized, the model chosen and the budget held. Its verdict is awaited before anything
+else uses the prompt: no token ids reach inference, and the cache is asked only for a prompt that
+safety allowed (so a blocked prompt never reaches the cache or takes its single-flight lease; a
+verdict that arrives before the budget hold skips the hold too). A redacted prompt is re-tokenized
+from the redacted messages while the cache is asked. The model is chosen before the cache lookup
+because the cache key includes the model (an answer of one model never serves another). Every
+step runs under a deadline derived from the caller's. Failures follow policy: a cache failure is
+a miss; safety down follows the key's fail mode; inference failures retry and fall back before
+the first token (see `dispatch`).
 
 `generate` yields `Started` (model, route reason, cache outcome) before any text, then
 `TextDelta`s, then `Finished` with usage and the route. One audit event per request goes to
@@ -146,6 +148,31 @@ class Pipeline:
             )
             return None
 
+    @staticmethod
+    def _admit_input(screened: safety_pb.ScreenInputResponse | None, audit: RequestAudit) -> None:
+        """Record input safety's findings; raise PROMPT_BLOCKED when it blocked the prompt."""
+        if screened is None:
+            return
+        audit.findings = [f.type for f in screened.findings]
+        if screened.action != safety_pb.ACTION_BLOCK:
+            return
+        m.SAFETY_BLOCKED.labels("input").inc()
+        kinds = ", ".join(sorted({f"{f.type} ({f.rule})" if f.rule else f.type for f in screened.findings}))
+        raise InvalidArgument(
+            f"prompt blocked by the safety policy: {screened.reason or 'policy violation'}"
+            + (f"; findings: {kinds}" if kinds else ""),
+            reason="PROMPT_BLOCKED",
+            metadata={"findings": kinds},
+        )
+
+    async def _verdict_if_ready(
+        self, task: asyncio.Task[safety_pb.ScreenInputResponse | None], audit: RequestAudit
+    ) -> None:
+        """Stop early when input safety already refused the prompt (or failed for a closed key),
+        so that no budget hold is taken for a request that cannot run."""
+        if task.done():
+            self._admit_input(await task, audit)
+
     async def _lookup(
         self, request: cache_pb.LookupRequest, deadline: Deadline
     ) -> cache_pb.LookupResponse | None:
@@ -267,6 +294,7 @@ class Pipeline:
                 hold_usd(prompt_tokens, sampling.max_tokens, s.input_price_per_1k, s.output_price_per_1k)
                 for s in chain
             )
+            await self._verdict_if_ready(safety_task, audit)
             with audit.step("budget"):
                 reservation = await self.accounting.reserve(
                     key.key_id, hold, key.budget_day_usd, key.budget_month_usd
@@ -286,37 +314,27 @@ class Pipeline:
                 semantic=self.cfg.cache_semantic,
                 wait_ms=self.cfg.cache_wait_ms,
             )
+            t_wait = time.perf_counter()
+            screened = await safety_task
+            audit.steps["input_safety_wait"] = time.perf_counter() - t_wait
+            self._admit_input(screened, audit)
+            # Allowed: the cache lookup runs while a redacted prompt is re-tokenized.
             t_parallel = time.perf_counter()
             cache_task = asyncio.create_task(self._lookup(lookup_req, deadline)) if use_cache else None
             if cache_task is not None:
                 tasks.append(cache_task)
-            t_wait = time.perf_counter()
-            screened = await safety_task
-            audit.steps["input_safety_wait"] = time.perf_counter() - t_wait
-            lookup = await cache_task if cache_task is not None else None
-            audit.steps["cache_lookup"] = time.perf_counter() - t_parallel if cache_task else 0.0
             restore: dict[str, str] = {}
             model_ids = ids
             if screened is None:
                 route.safety = "unscreened"
             else:
-                audit.findings = [f.type for f in screened.findings]
-                if screened.action == safety_pb.ACTION_BLOCK:
-                    m.SAFETY_BLOCKED.labels("input").inc()
-                    kinds = ", ".join(
-                        sorted({f"{f.type} ({f.rule})" if f.rule else f.type for f in screened.findings})
-                    )
-                    raise InvalidArgument(
-                        f"prompt blocked by the safety policy: {screened.reason or 'policy violation'}"
-                        + (f"; findings: {kinds}" if kinds else ""),
-                        reason="PROMPT_BLOCKED",
-                        metadata={"findings": kinds},
-                    )
                 route.safety = "redact" if screened.action == safety_pb.ACTION_REDACT else "allow"
                 restore = dict(screened.restore)
                 if screened.action == safety_pb.ACTION_REDACT:
                     with audit.step("tokenize"):
                         model_ids = await self._token_ids(spec, req, list(screened.messages), deadline)
+            lookup = await cache_task if cache_task is not None else None
+            audit.steps["cache_lookup"] = time.perf_counter() - t_parallel if cache_task else 0.0
 
             if not use_cache:
                 route.cache = "bypass"
