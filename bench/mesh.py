@@ -9,7 +9,9 @@ on the inference service (`GenerateStream`) and end to end through Envoy to the 
 (`StreamChatCompletion` over gRPC). At concurrency 1 the direct and mesh calls alternate, so
 both see the same load on the machine. Overhead = mesh latency - direct latency (medians). The
 per-hop split comes from the router's audit events (matched by `x-llmesh-request-id`): time in
-each pipeline step, and the rest (Envoy, gRPC hops, the router's own work). Prints a table and
+each pipeline step, and the rest (Envoy, gRPC hops, the router's own work). Last, the CPU time
+each process spends per request (direct-only, then mesh-only calls at concurrency 1): on a small
+machine every millisecond of mesh CPU competes with the model's own threads. Prints a table and
 writes build/bench/mesh.json.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -98,6 +101,38 @@ async def run_level(fn: Any, concurrency: int, total: int) -> list[dict[str, Any
     return results
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its descendants (all threads)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended while we looked
+        stats[int(entry.name)] = fields
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        if p in stats:
+            total += (int(stats[p][11]) + int(stats[p][12])) / tick
+        todo.extend(children.get(p, []))
+    return total
+
+
+async def cpu_per_request(mesh: Mesh, fn: Any, n: int) -> dict[str, float]:
+    """CPU milliseconds each mesh process spends per call of `fn` (n sequential calls)."""
+    pids = {name: proc.pid for name, proc in mesh.procs.items()}
+    before = {name: _cpu_s(pid) for name, pid in pids.items()}
+    for _ in range(n):
+        await fn()
+    return {name: (_cpu_s(pid) - before[name]) * 1000 / n for name, pid in pids.items()}
+
+
 def audit_steps(log_path: Path, request_ids: set[str]) -> list[dict[str, Any]]:
     events = []
     for line in log_path.read_text(errors="replace").splitlines():
@@ -168,7 +203,12 @@ async def bench(mesh: Mesh, requests: int, max_tokens: int) -> dict[str, Any]:
             lv = levels[str(conc)]
             lv["overhead_p50_ms"] = lv["mesh_p50_ms"] - lv["direct_p50_ms"]
             lv["overhead_ttft_p50_ms"] = lv["mesh_ttft_p50_ms"] - lv["direct_ttft_p50_ms"]
-    return {"model": MODEL, "max_tokens": max_tokens, "prompt_tokens": len(ids), "levels": levels}
+        cpu = {
+            "direct": await cpu_per_request(mesh, lambda: direct(inf, ids, max_tokens), requests),
+            "mesh": await cpu_per_request(mesh, lambda: through_mesh(router, key, max_tokens), requests),
+        }
+    return {"model": MODEL, "max_tokens": max_tokens, "prompt_tokens": len(ids), "levels": levels,
+            "cpu_ms_per_request": cpu}  # fmt: skip
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -186,6 +226,13 @@ def print_table(result: dict[str, Any]) -> None:
         split = [lv["router_steps_p50_ms"].get(s, float("nan")) for s in STEPS]
         split.append(lv["envoy_and_hops_p50_ms"])
         print(f"{conc:>4} " + " ".join(f"{c:>13.2f}" for c in split))
+    cpu = result["cpu_ms_per_request"]
+    names = [n for n in cpu["mesh"] if cpu["mesh"][n] >= 0.05 or cpu["direct"][n] >= 0.05]
+    print("\nCPU ms per request, concurrency 1 (2 cores shared by every process)")
+    print(f"{'':>6} " + " ".join(f"{n:>11}" for n in names) + f" {'total':>11}")
+    for mode in ("direct", "mesh"):
+        row = [cpu[mode][n] for n in names]
+        print(f"{mode:>6} " + " ".join(f"{c:>11.2f}" for c in row) + f" {sum(cpu[mode].values()):>11.2f}")
 
 
 def main() -> None:

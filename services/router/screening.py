@@ -130,7 +130,8 @@ class OutputScreener:
         started = time.perf_counter()
         timeout = max(sent.at, since) + self.chunk_timeout_s - started
         try:
-            resp = await asyncio.wait_for(self._screen.read(), max(timeout, 0.0))
+            async with asyncio.timeout(max(timeout, 0.0)):  # no task per chunk, unlike wait_for
+                resp = await self._screen.read()
         except TimeoutError:
             raise Unavailable(
                 f"safety did not answer an output chunk within {self.chunk_timeout_s:.2f}s",
