@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -220,7 +219,7 @@ class Mesh:
         if c.otlp_endpoint:
             args += ["--otlp", c.otlp_endpoint.removeprefix("http://")]
         subprocess.run(args, cwd=ROOT, check=True, capture_output=True, text=True)
-        base_id = c.envoy_base_id or (os.getpid() % 50_000) + 1000
+        base_id = c.envoy_base_id or port  # unique per mesh: two Envoys never share a base id
         envoy = str(Path(sys.executable).parent / "envoy")
         proc = self._spawn("envoy", [
             envoy, "-c", str(config), "--base-id", str(base_id), "--concurrency", "2",

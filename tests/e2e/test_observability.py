@@ -7,7 +7,6 @@ counters a serving team watches moving as a scripted sequence of requests expect
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -43,7 +42,6 @@ def traced_mesh(receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory
     cfg = MeshConfig(
         workdir=tmp_path_factory.mktemp("obs-mesh"),
         otlp_endpoint=receiver.endpoint,
-        envoy_base_id=(os.getpid() % 50_000) + 1000 + 50_001,  # never the session mesh's base id
     )
     m = Mesh(cfg).start()
     try:
