@@ -284,6 +284,10 @@ class CompletionCall:
     stream: bool
     include_usage: bool
 
+    def stream_request(self) -> pb.StreamCompletionRequest:
+        """The same request for the streaming RPC."""
+        return pb.StreamCompletionRequest(prompt=self.request.prompt, options=self.request.options)
+
 
 def parse_chat(body: dict[str, Any]) -> ChatCall:
     """Validate a chat completion body; raises a 400 ApiError."""

@@ -112,13 +112,23 @@ def text_completion(resp: pb.CreateCompletionResponse) -> dict[str, Any]:
     }
 
 
-def text_completion_events(resp: pb.CreateCompletionResponse, include_usage: bool) -> list[dict[str, Any]]:
-    """A finished text completion as stream chunks (the router has no streaming text RPC)."""
-    body = text_completion(resp)
-    events = [{**body, "usage": None} if include_usage else {k: v for k, v in body.items() if k != "usage"}]
-    if include_usage:
-        events.append({**body, "choices": [], "usage": body["usage"]})
-    return events
+def text_chunks(chunk: pb.StreamCompletionResponse, include_usage: bool) -> list[dict[str, Any]]:
+    """The streamed `text_completion` objects for one router chunk (a usage chunk comes last)."""
+    head = {"id": chunk.id, "object": "text_completion", "created": chunk.created, "model": chunk.model}
+    out: list[dict[str, Any]] = []
+    if chunk.choices:
+        choices = [
+            {"text": c.text, "index": c.index, "logprobs": None, "finish_reason": c.finish_reason or None}
+            for c in chunk.choices
+        ]
+        out.append({**head, "system_fingerprint": None, "choices": choices})
+        if include_usage:
+            out[-1]["usage"] = None
+    if include_usage and chunk.HasField("usage"):
+        out.append({**head, "system_fingerprint": None, "choices": [], "usage": usage(chunk.usage)})
+    if chunk.HasField("route") and out:
+        out[-1]["llmesh"] = route(chunk.route)
+    return out
 
 
 def model(m: pb.Model) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -154,10 +154,15 @@ class OpenAIServicer:
         call = self.stub.StreamChatCompletion(
             call_.stream_request(), metadata=self._metadata(request), timeout=self.settings.stream_timeout_s
         )
-        return await self._relay(request, call, call_.include_usage, started)
+        return await self._relay(request, call, call_.include_usage, started, responses.chat_chunks)
 
     async def _relay(
-        self, request: web.Request, call: Any, include_usage: bool, started: float
+        self,
+        request: web.Request,
+        call: Any,
+        include_usage: bool,
+        started: float,
+        events: Callable[[Any, bool], list[dict[str, Any]]],
     ) -> web.StreamResponse:
         try:
             first = await call.read()
@@ -173,11 +178,11 @@ class OpenAIServicer:
             }
         )
         await resp.prepare(request)
-        STREAM_FIRST_CHUNK.labels("/v1/chat/completions").observe(time.perf_counter() - started)
+        STREAM_FIRST_CHUNK.labels(request.path).observe(time.perf_counter() - started)
         try:
             msg = first
             while msg is not grpc.aio.EOF:
-                for event in responses.chat_chunks(msg, include_usage):
+                for event in events(msg, include_usage):
                     await resp.write(responses.sse(event))
                 msg = await call.read()
             await resp.write(responses.DONE)
@@ -196,24 +201,15 @@ class OpenAIServicer:
         return resp
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        """POST /v1/completions (stream=true answers the finished text as one chunk)."""
+        """POST /v1/completions (stream=true relays the router's StreamCompletion as SSE)."""
+        started = time.perf_counter()
         call_ = protocol.parse_completion(await self._body(request))
-        resp, md = await self._unary(
-            self.stub.CreateCompletion, call_.request, request, self.settings.generate_timeout_s
-        )
-        headers = self._headers(md, resp.route.cache)
         if not call_.stream:
-            return _json(responses.text_completion(resp), headers)
-        out = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
-                "Cache-Control": "no-cache",
-                **headers,
-            }
+            resp, md = await self._unary(
+                self.stub.CreateCompletion, call_.request, request, self.settings.generate_timeout_s
+            )
+            return _json(responses.text_completion(resp), self._headers(md, resp.route.cache))
+        call = self.stub.StreamCompletion(
+            call_.stream_request(), metadata=self._metadata(request), timeout=self.settings.stream_timeout_s
         )
-        await out.prepare(request)
-        for event in responses.text_completion_events(resp, call_.include_usage):
-            await out.write(responses.sse(event))
-        await out.write(responses.DONE)
-        await out.write_eof()
-        return out
+        return await self._relay(request, call, call_.include_usage, started, responses.text_chunks)

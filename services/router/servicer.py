@@ -151,33 +151,65 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             route=_route_info(done.route),
         )
 
+    async def _chunks(
+        self, req: GenerationInput, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tuple[str, str, Finished | None]]:
+        """(model, text delta, None) per released piece of text, then (model, "", Finished)."""
+        model = ""
+        async for event in self._run(req, context):
+            if isinstance(event, Started):
+                model = event.model
+            elif isinstance(event, TextDelta):
+                yield model, event.text, None
+            elif isinstance(event, Finished):
+                yield model, "", event
+
     async def StreamChatCompletion(
         self, request: pb.StreamChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
         check_messages(request.messages)
         req = self._input(request.options, messages=list(request.messages))
-        cid, created, model, first = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), "", True
-        async for event in self._run(req, context):
-            if isinstance(event, Started):
-                model = event.model
-            elif isinstance(event, TextDelta):
-                delta = pb.ChoiceDelta(index=0, content=event.text, role="assistant" if first else "")
-                first = False
+        cid, created, first = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), True
+        async for model, text, done in self._chunks(req, context):
+            role = "assistant" if first else ""
+            first = False
+            if done is None:
+                delta = pb.ChoiceDelta(index=0, content=text, role=role)
                 yield pb.StreamChatCompletionResponse(id=cid, created=created, model=model, choices=[delta])
-            elif isinstance(event, Finished):
-                delta = pb.ChoiceDelta(
-                    index=0,
-                    role="assistant" if first else "",
-                    finish_reason=FINISH_NAMES.get(event.finish_reason, "stop"),
+                continue
+            delta = pb.ChoiceDelta(
+                index=0, role=role, finish_reason=FINISH_NAMES.get(done.finish_reason, "stop")
+            )
+            yield pb.StreamChatCompletionResponse(
+                id=cid,
+                created=created,
+                model=model,
+                choices=[delta],
+                usage=done.usage,
+                route=_route_info(done.route),
+            )
+
+    async def StreamCompletion(
+        self, request: pb.StreamCompletionRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamCompletionResponse]:
+        check_prompt(request.prompt)
+        req = self._input(request.options, prompt=request.prompt)
+        cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        async for model, text, done in self._chunks(req, context):
+            if done is None:
+                yield pb.StreamCompletionResponse(
+                    id=cid, created=created, model=model, choices=[pb.TextChoice(index=0, text=text)]
                 )
-                yield pb.StreamChatCompletionResponse(
-                    id=cid,
-                    created=created,
-                    model=model,
-                    choices=[delta],
-                    usage=event.usage,
-                    route=_route_info(event.route),
-                )
+                continue
+            choice = pb.TextChoice(index=0, finish_reason=FINISH_NAMES.get(done.finish_reason, "stop"))
+            yield pb.StreamCompletionResponse(
+                id=cid,
+                created=created,
+                model=model,
+                choices=[choice],
+                usage=done.usage,
+                route=_route_info(done.route),
+            )
 
     async def CreateCompletion(
         self, request: pb.CreateCompletionRequest, context: grpc.aio.ServicerContext

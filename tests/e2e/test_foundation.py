@@ -89,3 +89,26 @@ def test_rest_without_key_is_401_with_json_body(mesh: Mesh) -> None:
     )
     assert r.status_code == 401
     assert "key" in r.text.lower()
+
+
+def test_text_completion_streams_through_both_apis(mesh: Mesh, api_key: str) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{mesh.url}/v1", api_key=api_key, max_retries=0)
+    stream = client.completions.create(model="smollm2", prompt="The three primary colours are", max_tokens=16,
+                                       temperature=0, stream=True)  # fmt: skip
+    chunks = list(stream)
+    texts = [c.choices[0].text for c in chunks if c.choices and c.choices[0].text]
+    assert len(texts) >= 2 and "".join(texts).strip()
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+    body = {
+        "prompt": "The three primary colours are",
+        "options": {"model": "smollm2", "sampling": {"max_tokens": 8}},
+    }
+    with httpx.stream("POST", f"{mesh.url}/api/v1/completions:stream", json=body,
+                      headers={"authorization": f"Bearer {api_key}"}, timeout=60) as r:  # fmt: skip
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:")]
+    assert "".join(e["choices"][0]["text"] for e in events if e.get("choices")).strip()
+    assert events[-1]["usage"]["completion_tokens"] > 0

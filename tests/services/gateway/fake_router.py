@@ -173,6 +173,30 @@ class FakeRouter(pb_grpc.RouterServiceServicer):
             route=pb.RouteInfo(model=model, cache="miss"),
         )
 
+    async def StreamCompletion(
+        self, request: pb.StreamCompletionRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamCompletionResponse]:
+        self.calls.append("StreamCompletion")
+        md = self._auth(context)
+        model = await self._model(request.options)
+        text = self._echo(request, md)
+        half = len(text) // 2
+        for piece in (text[:half], text[half:]):
+            yield pb.StreamCompletionResponse(
+                id="cmpl-fake-stream",
+                created=1700000000,
+                model=model,
+                choices=[pb.TextChoice(index=0, text=piece)],
+            )
+        yield pb.StreamCompletionResponse(
+            id="cmpl-fake-stream",
+            created=1700000000,
+            model=model,
+            choices=[pb.TextChoice(index=0, finish_reason="length")],
+            usage=self._usage(text),
+            route=pb.RouteInfo(model=model, cache="miss"),
+        )
+
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:

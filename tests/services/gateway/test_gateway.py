@@ -106,9 +106,23 @@ async def test_completions_and_streamed_completions(http: httpx.AsyncClient) -> 
     out = r.json()
     assert out["object"] == "text_completion" and out["choices"][0]["finish_reason"] == "length"
     assert echoed(out["choices"][0]["text"])["prompt"] == "Once"
-    r = await http.post("/v1/completions", json={"model": "smollm2-135m", "prompt": "Once", "stream": True})
+    r = await http.post(
+        "/v1/completions",
+        json={
+            "model": "smollm2-135m",
+            "prompt": "Once",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
     events = sse_events(r.text)
-    assert events[-1] == "[DONE]" and json.loads(events[0])["choices"][0]["text"]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    texts = [c["choices"][0]["text"] for c in chunks if c["choices"] and c["choices"][0]["text"]]
+    assert len(texts) == 2, "the router's stream should arrive as it streams, not as one chunk"
+    assert echoed("".join(texts))["prompt"] == "Once"
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
+    assert chunks[-1]["usage"]["total_tokens"] > 0 and all(c["object"] == "text_completion" for c in chunks)
 
 
 async def test_models_usage_and_retrieve(http: httpx.AsyncClient) -> None:
