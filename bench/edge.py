@@ -69,6 +69,11 @@ class EchoRouter(pb_grpc.RouterServiceServicer):
     async def CreateCompletion(self, request: Any, context: Any) -> pb.CreateCompletionResponse:
         return pb.CreateCompletionResponse(id="cmpl-bench", choices=[pb.TextChoice(text=ANSWER)])
 
+    async def StreamCompletion(self, request: Any, context: Any) -> Any:
+        for word in ANSWER.split():
+            yield pb.StreamCompletionResponse(id="cmpl-bench", choices=[pb.TextChoice(text=word + " ")])
+        yield pb.StreamCompletionResponse(id="cmpl-bench", choices=[pb.TextChoice(finish_reason="stop")])
+
     async def ListModels(self, request: Any, context: Any) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[pb.Model(id="bench-model")])
 
