@@ -76,6 +76,8 @@ lint: venv gen
 test: setup
 	$(PY) protos/generate.py --out libs/gen --check
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy libs services bench tests
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 up: setup
