@@ -2,9 +2,10 @@
 
     PYTHONPATH=libs/gen .venv/bin/python -m bench.mesh [--requests 32] [--max-tokens 16]
 
-Starts the whole mesh with the lead's harness (Redis, tokenizer, safety, cache, one inference
+Starts the whole mesh with the launcher, libs/launch (Redis, tokenizer, safety, cache, one inference
 replica, one router, the gateway and Envoy) on free ports. For concurrency 1 and 32 it runs the
-same greedy generation (same prompt token ids, same max_tokens, cache bypassed) twice: directly
+same greedy generations (the same series of distinct prompts, so no memo or cache answers any of
+them; same max_tokens; cache bypassed) twice: directly
 on the inference service (`GenerateStream`) and end to end through Envoy to the router
 (`StreamChatCompletion` over gRPC). At concurrency 1 the direct and mesh calls alternate, so
 both see the same load on the machine. Overhead = mesh latency - direct latency (medians). The
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import statistics
@@ -67,11 +69,18 @@ async def direct(stub: inf_grpc.InferenceServiceStub, ids: list[int], max_tokens
     return {"latency": time.perf_counter() - t0, "ttft": ttft, "tokens": tokens}
 
 
-async def through_mesh(stub: pb_grpc.RouterServiceStub, key: str, max_tokens: int) -> dict[str, Any]:
+def prompt(i: int) -> str:
+    """The i-th prompt: each request asks something new, so no memo or cache anywhere answers it."""
+    return f"{PROMPT} Reference {i:05d}."
+
+
+async def through_mesh(
+    stub: pb_grpc.RouterServiceStub, key: str, max_tokens: int, text: str
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     ttft, tokens = 0.0, 0
     req = pb.StreamChatCompletionRequest(
-        messages=[gen_pb.ChatMessage(role="user", content=PROMPT)],
+        messages=[gen_pb.ChatMessage(role="user", content=text)],
         options=pb.GenerationOptions(
             model=MODEL,
             cache="bypass",
@@ -155,15 +164,30 @@ async def bench(mesh: Mesh, requests: int, max_tokens: int) -> dict[str, Any]:
         grpc.aio.insecure_channel(envoy) as envoy_ch,
     ):
         tok = tok_grpc.TokenizerServiceStub(tok_ch)
-        messages = [gen_pb.ChatMessage(role="user", content=PROMPT)]
-        templated = await tok.ApplyChatTemplate(
-            tok_pb.ApplyChatTemplateRequest(model=MODEL, messages=messages, add_generation_prompt=True)
-        )
-        ids = list(templated.token_ids)
+        token_ids: list[list[int]] = []
+        for i in range(8 * requests + 200):
+            templated = await tok.ApplyChatTemplate(
+                tok_pb.ApplyChatTemplateRequest(
+                    model=MODEL,
+                    messages=[gen_pb.ChatMessage(role="user", content=prompt(i))],
+                    add_generation_prompt=True,
+                )
+            )
+            token_ids.append(list(templated.token_ids))
+        # direct call k and mesh call k send the same prompt; no prompt repeats within either series
+        d_next, m_next = itertools.count(), itertools.count()
+        ids = token_ids[0]
         inf, router = inf_grpc.InferenceServiceStub(inf_ch), pb_grpc.RouterServiceStub(envoy_ch)
+
+        def run_direct() -> Any:
+            return direct(inf, token_ids[next(d_next)], max_tokens)
+
+        def run_mesh() -> Any:
+            return through_mesh(router, key, max_tokens, prompt(next(m_next)))
+
         for _ in range(3):
-            await direct(inf, ids, max_tokens)
-            await through_mesh(router, key, max_tokens)
+            await run_direct()
+            await run_mesh()
         levels: dict[str, Any] = {}
         for conc in (1, 32):
             total = requests if conc == 1 else max(requests, 2 * conc)
@@ -171,11 +195,11 @@ async def bench(mesh: Mesh, requests: int, max_tokens: int) -> dict[str, Any]:
                 # Alternate direct and mesh calls so that both see the same load on the machine.
                 d, m = [], []
                 for _ in range(total):
-                    d.append(await direct(inf, ids, max_tokens))
-                    m.append(await through_mesh(router, key, max_tokens))
+                    d.append(await run_direct())
+                    m.append(await run_mesh())
             else:
-                d = await run_level(lambda: direct(inf, ids, max_tokens), conc, total)
-                m = await run_level(lambda: through_mesh(router, key, max_tokens), conc, total)
+                d = await run_level(run_direct, conc, total)
+                m = await run_level(run_mesh, conc, total)
             await asyncio.sleep(0.5)
             events = audit_steps(mesh.cfg.workdir / "router-0.log", {r["request_id"] for r in m})
             steps = (
@@ -204,8 +228,8 @@ async def bench(mesh: Mesh, requests: int, max_tokens: int) -> dict[str, Any]:
             lv["overhead_p50_ms"] = lv["mesh_p50_ms"] - lv["direct_p50_ms"]
             lv["overhead_ttft_p50_ms"] = lv["mesh_ttft_p50_ms"] - lv["direct_ttft_p50_ms"]
         cpu = {
-            "direct": await cpu_per_request(mesh, lambda: direct(inf, ids, max_tokens), requests),
-            "mesh": await cpu_per_request(mesh, lambda: through_mesh(router, key, max_tokens), requests),
+            "direct": await cpu_per_request(mesh, run_direct, requests),
+            "mesh": await cpu_per_request(mesh, run_mesh, requests),
         }
     return {"model": MODEL, "max_tokens": max_tokens, "prompt_tokens": len(ids), "levels": levels,
             "cpu_ms_per_request": cpu}  # fmt: skip

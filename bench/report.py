@@ -54,11 +54,32 @@ def inference(d: Any) -> list[str]:
     return out
 
 
+def prefix_cache(d: Any) -> list[str]:
+    rows = {(r["workload"], r["concurrency"], r["cache"]): r for r in d["rows"]}
+    out = [
+        f"**Prefix cache** (`bench/prefix_cache.py`, {d['model']}: time to first token with and without "
+        "reusing the KV of a cached prompt prefix):",
+        "",
+        "| workload | prompt tokens | concurrent | TTFT p50 off ms | TTFT p50 on ms | tokens reused |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for (workload, conc, cache), r in rows.items():
+        if cache != "off" or (workload, conc, "on") not in rows:
+            continue
+        on = rows[(workload, conc, "on")]
+        off_ms, on_ms = _f(r["ttft_p50_ms"]), _f(on["ttft_p50_ms"])
+        out.append(
+            f"| {workload} | {r['prompt_tokens']} | {conc} | {off_ms} | {on_ms} | {on['reused_tokens']:.0f} |"
+        )
+    return out
+
+
 def safety(d: Any) -> list[str]:
     rows = [
         ("PII + secret rules, per 1k tokens of text", d["pii_rules_per_1k_tokens_ms"]),
-        ("ScreenInput with the injection classifier, in-process", d["screen_input_direct_ms"]),
-        ("ScreenInput over gRPC", d["screen_input_grpc_ms"]),
+        ("ScreenInput with the injection classifier, in-process (new prompts)", d["screen_input_direct_ms"]),
+        ("ScreenInput over gRPC (new prompts)", d["screen_input_grpc_ms"]),
+        ("ScreenInput of a repeated prompt, in-process (score memo)", d["screen_input_repeated_ms"]),
         ("output screening, per streamed chunk", d["output_chunk_ms"]),
     ]
     out = ["**Safety** (`bench/safety.py`):", "", "| measure | p50 ms | p99 ms |", "|---|---:|---:|"]
@@ -182,8 +203,10 @@ def render() -> str:
     machine = summary.get("machine", {})
     out = [BEGIN, "", f"Measured with `make bench` on {machine.get('cpus', '?')} CPU cores "
            f"(Python {machine.get('python', '?')}, no GPU), all tables from one run.", ""]  # fmt: skip
-    for name, fn in (("inference", inference), ("safety", safety), ("cache", cache), ("edge", edge),
-                     ("mesh", mesh), ("cache_e2e", cache_e2e), ("replicas", replicas)):  # fmt: skip
+    sections = (("inference", inference), ("prefix_cache", prefix_cache), ("safety", safety),
+                ("cache", cache), ("edge", edge), ("mesh", mesh), ("cache_e2e", cache_e2e),
+                ("replicas", replicas))  # fmt: skip
+    for name, fn in sections:
         data = _load(name)
         if data is not None:
             out += [*fn(data), ""]

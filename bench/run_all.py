@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ("safety", "cache", "inference", "edge", "mesh", "cache_e2e", "replicas")
+ORDER = ("safety", "cache", "inference", "prefix_cache", "edge", "mesh", "cache_e2e", "replicas")
 
 
 def main() -> None:
