@@ -159,6 +159,16 @@ def mesh(d: Any) -> list[str]:
     for conc, lv in d["levels"].items():
         cells = [f"{lv['router_steps_p50_ms'].get(s, 0):.2f}" for s in steps]
         out.append(f"| {conc} | " + " | ".join(cells) + f" | {lv['envoy_and_hops_p50_ms']:.2f} |")
+    cpu = d.get("cpu_ms_per_request")
+    if cpu:
+        names = [n for n in cpu["mesh"] if cpu["mesh"][n] or cpu["direct"].get(n)]
+        title = "CPU time per request by process (ms; concurrency 1, direct-only calls vs. mesh calls):"
+        head = "| calls | " + " | ".join(names) + " | total |"
+        out += ["", title, "", head, "|---|" + "---:|" * (len(names) + 1)]
+        for kind in ("direct", "mesh"):
+            row = cpu[kind]
+            cells = [f"{row.get(n, 0):.1f}" for n in names]
+            out.append(f"| {kind} | " + " | ".join(cells) + f" | {sum(row.values()):.1f} |")
     return out
 
 
