@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from libs.runtime.settings_doc import write_block
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "build" / "bench"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -228,13 +230,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", type=Path, help="README to update in place")
     ns = parser.parse_args()
-    block = render()
-    if not ns.write:
-        print(block)
-        return
-    text = ns.write.read_text()
-    start, end = text.index(BEGIN), text.index(END) + len(END)
-    ns.write.write_text(text[:start] + block + text[end:])
+    if ns.write:
+        write_block(ns.write, render())
+    else:
+        print(render())
 
 
 if __name__ == "__main__":

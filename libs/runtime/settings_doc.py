@@ -53,17 +53,22 @@ def render() -> str:
     return "\n".join(out)
 
 
+def write_block(path: Path, block: str) -> None:
+    """Replace the block in `path` that starts and ends with `block`'s own first and last lines."""
+    begin, end = block.splitlines()[0], block.splitlines()[-1]
+    text = path.read_text()
+    start, stop = text.index(begin), text.index(end) + len(end)
+    path.write_text(text[:start] + block + text[stop:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--write", type=Path, help="README to update in place")
     ns = parser.parse_args()
-    block = render()
-    if not ns.write:
-        print(block)
-        return
-    text = ns.write.read_text()
-    start, end = text.index(BEGIN), text.index(END) + len(END)
-    ns.write.write_text(text[:start] + block + text[end:])
+    if ns.write:
+        write_block(ns.write, render())
+    else:
+        print(render())
 
 
 if __name__ == "__main__":

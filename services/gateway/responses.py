@@ -70,21 +70,16 @@ def chat_completion(resp: pb.CreateChatCompletionResponse) -> dict[str, Any]:
     }
 
 
-def chat_chunks(chunk: pb.StreamChatCompletionResponse, include_usage: bool) -> list[dict[str, Any]]:
-    """The `chat.completion.chunk` objects for one router chunk (a usage chunk comes last)."""
-    head = {"id": chunk.id, "object": "chat.completion.chunk", "created": chunk.created, "model": chunk.model}
+def _stream_events(
+    chunk: pb.StreamChatCompletionResponse | pb.StreamCompletionResponse,
+    kind: str,
+    choices: list[dict[str, Any]],
+    include_usage: bool,
+) -> list[dict[str, Any]]:
+    """Frame one router chunk as OpenAI stream objects (a usage chunk comes last when asked)."""
+    head = {"id": chunk.id, "object": kind, "created": chunk.created, "model": chunk.model}
     out: list[dict[str, Any]] = []
-    if chunk.choices:
-        choices = []
-        for c in chunk.choices:
-            delta: dict[str, str] = {}
-            if c.role:
-                delta["role"] = c.role
-            if c.content:
-                delta["content"] = c.content
-            choices.append(
-                {"index": c.index, "delta": delta, "logprobs": None, "finish_reason": c.finish_reason or None}
-            )
+    if choices:
         out.append({**head, "system_fingerprint": None, "choices": choices})
         if include_usage:
             out[-1]["usage"] = None
@@ -93,6 +88,21 @@ def chat_chunks(chunk: pb.StreamChatCompletionResponse, include_usage: bool) -> 
     if chunk.HasField("route") and out:
         out[-1]["llmesh"] = route(chunk.route)
     return out
+
+
+def chat_chunks(chunk: pb.StreamChatCompletionResponse, include_usage: bool) -> list[dict[str, Any]]:
+    """The `chat.completion.chunk` objects for one router chunk."""
+    choices = []
+    for c in chunk.choices:
+        delta: dict[str, str] = {}
+        if c.role:
+            delta["role"] = c.role
+        if c.content:
+            delta["content"] = c.content
+        choices.append(
+            {"index": c.index, "delta": delta, "logprobs": None, "finish_reason": c.finish_reason or None}
+        )
+    return _stream_events(chunk, "chat.completion.chunk", choices, include_usage)
 
 
 def text_completion(resp: pb.CreateCompletionResponse) -> dict[str, Any]:
@@ -113,22 +123,12 @@ def text_completion(resp: pb.CreateCompletionResponse) -> dict[str, Any]:
 
 
 def text_chunks(chunk: pb.StreamCompletionResponse, include_usage: bool) -> list[dict[str, Any]]:
-    """The streamed `text_completion` objects for one router chunk (a usage chunk comes last)."""
-    head = {"id": chunk.id, "object": "text_completion", "created": chunk.created, "model": chunk.model}
-    out: list[dict[str, Any]] = []
-    if chunk.choices:
-        choices = [
-            {"text": c.text, "index": c.index, "logprobs": None, "finish_reason": c.finish_reason or None}
-            for c in chunk.choices
-        ]
-        out.append({**head, "system_fingerprint": None, "choices": choices})
-        if include_usage:
-            out[-1]["usage"] = None
-    if include_usage and chunk.HasField("usage"):
-        out.append({**head, "system_fingerprint": None, "choices": [], "usage": usage(chunk.usage)})
-    if chunk.HasField("route") and out:
-        out[-1]["llmesh"] = route(chunk.route)
-    return out
+    """The streamed `text_completion` objects for one router chunk."""
+    choices = [
+        {"text": c.text, "index": c.index, "logprobs": None, "finish_reason": c.finish_reason or None}
+        for c in chunk.choices
+    ]
+    return _stream_events(chunk, "text_completion", choices, include_usage)
 
 
 def model(m: pb.Model) -> dict[str, Any]:
