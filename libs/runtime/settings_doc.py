@@ -32,6 +32,8 @@ def settings_classes() -> list[tuple[str, type[BaseSettings]]]:
 
 def _default(value: object) -> str:
     text = str(value)
+    if text.startswith(str(ROOT) + "/"):  # a default computed from the checkout's location
+        text = text[len(str(ROOT)) + 1 :]
     if isinstance(value, dict):
         text = json.dumps(value) if value else ""
     elif isinstance(value, (list, tuple)):
