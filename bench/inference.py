@@ -26,7 +26,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 import onnxruntime as ort
 from prometheus_client import CollectorRegistry
@@ -35,7 +34,7 @@ from tokenizers import Tokenizer
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "libs" / "gen")]
 
-from libs.testing.process import ManagedProcess, free_port  # noqa: E402
+from libs.launch.triton import start_triton  # noqa: E402
 from services.inference.backends import EmbeddedBackend, ModelBackend  # noqa: E402
 from services.inference.engine import EngineConfig  # noqa: E402
 from services.inference.generation import GenerationRequest, SamplingConfig  # noqa: E402
@@ -131,30 +130,10 @@ async def bench_engine(precision: str, prompt: tuple[int, ...]) -> list[Row]:
 
 
 async def bench_triton(prompt: tuple[int, ...]) -> list[Row]:
-    grpc_port, http_port = free_port(), free_port()
-    proc = ManagedProcess(
-        name="tritonserver",
-        argv=[
-            sys.executable,
-            "-m",
-            "services.inference.triton_launcher",
-            f"--grpc-port={grpc_port}",
-            f"--http-port={http_port}",
-            f"--metrics-port={free_port()}",
-        ],
-        log_path=REPO / "build" / "bench" / "tritonserver.log",
-        cwd=REPO,
-    ).start()
-    url = f"http://127.0.0.1:{http_port}/v2/models/smollm2-135m-int8/ready"
-
-    def ready() -> bool:
-        try:
-            return httpx.get(url, timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
+    proc, grpc_port = start_triton(
+        REPO / "build" / "bench" / "tritonserver.log", ready_model="smollm2-135m-int8", timeout_s=120
+    )
     try:
-        proc.wait_until(ready, timeout_s=120, what="model ready")
         backend = TritonBackend(f"127.0.0.1:{grpc_port}", ModelFolder.load(MODELS / "int8"))
         await backend.start()
         try:

@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from libs.launch.triton import start_triton
 from libs.testing.process import ManagedProcess, free_port, port_open
 
 log = logging.getLogger("llmesh.launch")
@@ -191,11 +192,12 @@ class Mesh:
         grpc_port, http_port, metrics_port = (
             self._port(k) for k in ("triton-grpc", "triton-http", "triton-metrics")
         )
-        proc = self._spawn("triton", [
-            sys.executable, "-m", "services.inference.triton_launcher",
-            "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port),
-        ], {"PYTHONUNBUFFERED": "1"})  # fmt: skip
-        proc.wait_until(lambda: http_ok(f"http://127.0.0.1:{http_port}/v2/health/ready"), 240, "ready")
+        self.procs["triton"], _ = start_triton(
+            self.cfg.workdir / "triton.log",
+            grpc_port=grpc_port,
+            http_port=http_port,
+            metrics_port=metrics_port,
+        )
 
     def _start_envoy(self, router_names: list[str]) -> None:
         c = self.cfg

@@ -3,7 +3,8 @@
 ``python -m services.inference.triton_launcher --grpc-port P --http-port Q --metrics-port R``
 copies the wheel's ``tritonserver/`` folder to ``build/triton/server`` (once, stamped), installs
 the python backend stub matching this interpreter, refreshes ``build/triton/model_repository``
-from ``deploy/triton/model_repository``, then replaces itself with tritonserver in the foreground
+from ``deploy/triton/model_repository`` (adding a folder for each other served precision of a
+shipped model, derived from the shipped one), then replaces itself with tritonserver in the foreground
 (so a supervisor stops it by PID). The stub embeds this venv's Python: the venv's ``bin/`` goes
 first on PATH and the base interpreter's ``lib/`` on LD_LIBRARY_PATH.
 """
@@ -49,6 +50,31 @@ def prepare(build_dir: Path, repository_src: Path) -> tuple[Path, Path]:
     return server, repository
 
 
+def add_precisions(repository: Path, models_dir: Path, served: list[str]) -> list[str]:
+    """Give every served `<name>-<precision>` that is built but has no model folder one derived
+    from the shipped folder of the same name (same python model; `name` and `llmesh_model`
+    rewritten), so Triton serves the same models as the embedded backend. Returns those added."""
+    added = []
+    for model in served:
+        base, _, precision = model.rpartition("-")
+        if (repository / model).exists() or not (
+            models_dir / base / precision / "llmesh-model.json"
+        ).exists():
+            continue
+        template = next((d for d in sorted(repository.iterdir()) if d.name.startswith(f"{base}-")), None)
+        if template is None:
+            continue
+        shutil.copytree(template, repository / model)
+        config = repository / model / "config.pbtxt"
+        text = config.read_text()
+        text = text.replace(f'name: "{template.name}"', f'name: "{model}"', 1)
+        old_dir = template.name.replace(f"{base}-", f"{base}/", 1)
+        text = text.replace(f'string_value: "{old_dir}"', f'string_value: "{base}/{precision}"', 1)
+        config.write_text(text)
+        added.append(model)
+    return added
+
+
 def server_env(models_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
     venv_bin = str(Path(sys.executable).parent)
@@ -73,9 +99,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--build-dir", type=Path, default=REPO / "build" / "triton")
     parser.add_argument("--models-dir", type=Path, default=REPO / "build" / "models")
     parser.add_argument("--repository", type=Path, default=REPO / "deploy" / "triton" / "model_repository")
+    parser.add_argument(
+        "--models",
+        default=os.environ.get("LLMESH_INFERENCE_MODELS", "smollm2-135m-int8,smollm2-135m-fp32"),
+        help="`<name>-<precision>` models to serve (default: LLMESH_INFERENCE_MODELS, as inference)",
+    )
     parser.add_argument("--log-verbose", type=int, default=0)
     args = parser.parse_args(argv)
     server, repository = prepare(args.build_dir, args.repository)
+    add_precisions(repository, args.models_dir, [m.strip() for m in args.models.split(",") if m.strip()])
     binary = server / "bin" / "tritonserver"
     cmd = [
         str(binary),

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import grpc
-import httpx
 import pytest
 import pytest_asyncio
 from llmesh.common.v1 import generation_pb2 as gen_pb
@@ -15,11 +13,11 @@ from llmesh.inference.v1 import inference_service_pb2 as pb
 from llmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from prometheus_client import CollectorRegistry
 
+from libs.launch.triton import start_triton
 from libs.runtime.server import GrpcService
-from libs.testing.process import ManagedProcess, free_port
 from services.inference.server import build_server
 from services.inference.settings import InferenceSettings
-from tests.models import MODELS, REPO, ensure_int8
+from tests.models import MODELS, ensure_int8
 
 pytestmark = [pytest.mark.triton, pytest.mark.asyncio(loop_scope="session")]
 MODEL = "smollm2-135m-int8"
@@ -29,32 +27,10 @@ Chat = Callable[[str], list[int]]
 @pytest.fixture(scope="module")
 def tritonserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ensure_int8()
-    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
-    proc = ManagedProcess(
-        name="tritonserver",
-        argv=[
-            sys.executable,
-            "-m",
-            "services.inference.triton_launcher",
-            f"--grpc-port={grpc_port}",
-            f"--http-port={http_port}",
-            f"--metrics-port={metrics_port}",
-        ],
-        log_path=tmp_path_factory.mktemp("triton") / "tritonserver.log",
-        cwd=REPO,
-    ).start()
-
-    def ready() -> bool:
-        try:
-            return (
-                httpx.get(f"http://127.0.0.1:{http_port}/v2/models/{MODEL}/ready", timeout=1).status_code
-                == 200
-            )
-        except httpx.HTTPError:
-            return False
-
+    proc, grpc_port = start_triton(
+        tmp_path_factory.mktemp("triton") / "tritonserver.log", ready_model=MODEL, timeout_s=120
+    )
     try:
-        proc.wait_until(ready, timeout_s=120, what="model ready")
         yield f"127.0.0.1:{grpc_port}"
     finally:
         proc.stop(grace_s=10)

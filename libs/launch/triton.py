@@ -1,0 +1,46 @@
+"""Run the bundled tritonserver (through `services.inference.triton_launcher`) as a managed
+process and wait until it is ready: shared by `make up`, the tests and the benchmark."""
+
+from __future__ import annotations
+
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from libs.testing.process import ManagedProcess, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:  # loopback only
+            return 200 <= int(resp.status) < 300
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start_triton(
+    log_path: Path,
+    *,
+    grpc_port: int = 0,
+    http_port: int = 0,
+    metrics_port: int = 0,
+    ready_model: str = "",
+    timeout_s: float = 240,
+) -> tuple[ManagedProcess, int]:
+    """Start tritonserver on the given (or free) ports; returns the process and its gRPC port once
+    the server (and `ready_model`, when named) is ready. Stop it with `process.stop()`."""
+    grpc_port, http_port, metrics_port = (p or free_port() for p in (grpc_port, http_port, metrics_port))
+    argv = [sys.executable, "-m", "services.inference.triton_launcher", f"--grpc-port={grpc_port}",
+            f"--http-port={http_port}", f"--metrics-port={metrics_port}"]  # fmt: skip
+    proc = ManagedProcess(name="tritonserver", argv=argv, log_path=log_path, cwd=ROOT,
+                          env={"PYTHONUNBUFFERED": "1"}).start()  # fmt: skip
+    path = f"/v2/models/{ready_model}/ready" if ready_model else "/v2/health/ready"
+    try:
+        proc.wait_until(lambda: _ok(f"http://127.0.0.1:{http_port}{path}"), timeout_s, "ready")
+    except BaseException:
+        proc.stop(grace_s=10)
+        raise
+    return proc, grpc_port
