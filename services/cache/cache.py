@@ -34,7 +34,7 @@ from services.cache.keys import (
     parse_entry_id,
     tenant_pattern,
 )
-from services.cache.redis_store import BackendError, RedisStore
+from services.cache.redis_store import BackendError, BackendTimeout, RedisStore
 from services.cache.semantic import IndexLoading, SemanticIndex, guard_rejects
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 _WARN_EVERY_S = 5.0
 _POLL_FIRST_S = 0.002
 _POLL_MAX_S = 0.05
+# Failed polls in a row after which a single-flight waiter stops waiting (Redis is down, not slow).
+_WAIT_FAILURES = 3
 # Semantic candidates above the threshold that are checked (sampling, numbers) before giving up.
 _CANDIDATES = 8
 _ADMIN_TIMEOUT_S = 30.0
@@ -247,9 +249,7 @@ class ResponseCache:
         self, ns: Namespace, h: str, token: str, end: float
     ) -> tuple[StoredResponse | None, bool]:
         for _attempt in range(2):
-            blob, leased = await self._store.get_or_lease(
-                ns, h, token, self.policy.lease_ms, self._budget(end)
-            )
+            blob, leased = await self._lease_call(ns, h, token, end)
             self.backend_up = True
             if blob is None:
                 return None, leased
@@ -257,6 +257,24 @@ class ResponseCache:
             if entry is not None:
                 return entry, False
         return None, False
+
+    async def _lease_call(self, ns: Namespace, h: str, token: str, end: float) -> tuple[bytes | None, bool]:
+        """get_or_lease, asked once more when Redis was only slow and the caller has time left.
+
+        A lookup that times out becomes a miss that runs the model beside the leader, so one slow
+        round trip (a connection opened under a burst, a busy event loop) would break single
+        flight. The script counts a lease this token already holds as granted, so a retry after a
+        call that timed out but did run cannot strand the lease.
+        """
+        try:
+            return await self._store.get_or_lease(ns, h, token, self.policy.lease_ms, self._budget(end))
+        except BackendTimeout as err:
+            metrics.BACKEND_ERRORS.labels("lookup_retried").inc()
+            log.info("redis lookup timed out; asking once more: %s", err)
+            budget = min(2 * self._store.timeout_s, max(end - time.monotonic(), 0.0))
+            if budget <= 0:
+                raise
+            return await self._store.get_or_lease(ns, h, token, self.policy.lease_ms, budget)
 
     async def _decode_or_drop(self, ns: Namespace, h: str, blob: bytes) -> StoredResponse | None:
         try:
@@ -273,13 +291,24 @@ class ResponseCache:
         event = self._wakeups.setdefault(slot, asyncio.Event())
         self._waiting[slot] = self._waiting.get(slot, 0) + 1
         interval = _POLL_FIRST_S
+        failures = 0
         try:
             while (left := wait_end - time.monotonic()) > 0:
                 try:
                     await asyncio.wait_for(event.wait(), timeout=min(interval, left))
                 except TimeoutError:
                     interval = min(interval * 2, _POLL_MAX_S)
-                value, leased = await self._get_or_lease(ns, h, token, wait_end)
+                try:
+                    value, leased = await self._get_or_lease(ns, h, token, wait_end)
+                except BackendError as err:
+                    # A waiter keeps waiting through a slow poll; only a Redis that keeps
+                    # failing ends the wait (the caller then runs the model itself).
+                    failures += 1
+                    if failures >= _WAIT_FAILURES:
+                        raise
+                    log.info("single-flight poll failed (%d in a row): %s", failures, err)
+                    continue
+                failures = 0
                 if value is not None:
                     metrics.LEASES.labels("waited_hit").inc()
                     return LookupResult(True, HitKind.EXACT, value, 1.0, ns.entry_id(h))

@@ -36,6 +36,7 @@ _GET_OR_LEASE = """
 local v = redis.call('GET', KEYS[1])
 if v then return {1, v} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+if redis.call('GET', KEYS[2]) == ARGV[1] then return {2} end
 return {0}
 """
 
@@ -74,6 +75,10 @@ return 1
 
 class BackendError(Exception):
     """Redis failed, refused the connection or did not answer in time."""
+
+
+class BackendTimeout(BackendError):
+    """Redis did not answer in time (it may still have run the command)."""
 
 
 @dataclass(frozen=True)
@@ -149,9 +154,27 @@ class RedisStore:
             async with asyncio.timeout(timeout_s or self.timeout_s):
                 return await call
         except TimeoutError as err:
-            raise BackendError(f"redis did not answer within {timeout_s or self.timeout_s:.3f}s") from err
+            raise BackendTimeout(f"redis did not answer within {timeout_s or self.timeout_s:.3f}s") from err
         except (RedisError, OSError) as err:
             raise BackendError(f"redis error: {err}") from err
+
+    async def warm(self, connections: int, timeout_s: float) -> None:
+        """Load the scripts and open `connections` pooled connections ahead of the first burst.
+
+        Without it, the first burst of lookups each pays a connect, the client handshake and a
+        NOSCRIPT round trip inside its own short budget, and some of them miss.
+        """
+
+        async def warm_up() -> None:
+            for script in (self._get_or_lease, self._release, self._add_vector, self._remove_vector):
+                await self._client.script_load(script.script)
+            pool = self._client.connection_pool
+            # get_connection connects (handshake included) before it returns a connection
+            opened = await asyncio.gather(*[pool.get_connection() for _ in range(connections)])
+            for conn in opened:
+                await pool.release(conn)
+
+        await self._run(warm_up(), timeout_s)
 
     async def ping(self, timeout_s: float | None = None) -> bool:
         """PING; BackendError when Redis is unreachable."""

@@ -19,7 +19,7 @@ from llmesh.cache.v1 import cache_service_pb2_grpc as pb_grpc
 from libs.embedding import EMBEDDING_DIM, SentenceEmbedder
 from libs.runtime.server import GrpcService
 from services.cache.cache import CachePolicy, ResponseCache
-from services.cache.redis_store import RedisStore
+from services.cache.redis_store import BackendError, RedisStore
 from services.cache.semantic import SemanticIndex
 from services.cache.servicer import CacheServicer
 from services.cache.settings import CacheSettings
@@ -88,6 +88,11 @@ def build_server(settings: CacheSettings) -> GrpcService:
             cache.attach_embedder(embedder)
         if not await cache.check_backend(settings.redis_timeout_ms / 1000):
             log.warning("redis at %s is unreachable at start: lookups answer misses", settings.redis_url)
+        else:
+            try:
+                await store.warm(min(settings.redis_warm_connections, settings.redis_max_connections), 5.0)
+            except BackendError as err:
+                log.warning("could not pre-open redis connections (they open on demand): %s", err)
         monitor.append(asyncio.create_task(watch_backend(), name="cache-redis-health"))
 
     async def stop() -> None:

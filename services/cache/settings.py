@@ -25,6 +25,9 @@ class CacheSettings(ServiceSettings):
         10.0, gt=0, description="Budget of bulk reads (semantic index reload) and socket reads."
     )
     redis_max_connections: int = Field(64, gt=0, description="Size of the Redis connection pool.")
+    redis_warm_connections: int = Field(
+        16, ge=0, description="Pool connections opened at start, so a first burst of lookups pays no connect."
+    )
     default_ttl_s: int = Field(3600, gt=0, description="Lifetime of an entry when Store sets no ttl_s.")
     ttl_overrides: dict[str, int] = Field(
         default_factory=dict,

@@ -11,8 +11,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llmesh.cache.v1 import cache_service_pb2 as pb
+from prometheus_client import REGISTRY
 
 from libs.testing.redis_server import RedisServer
+from services.cache.keys import Namespace
+from services.cache.redis_store import RedisStore
 from services.cache.server import SERVICE_NAME
 
 from .conftest import ServerFactory
@@ -97,3 +100,44 @@ async def test_expired_lease_lets_a_waiter_take_over(redis: RedisServer, make_se
         # The stale leader's Store still writes, but cannot release the new holder's lease.
         assert (await stub.Store(pb.StoreRequest(key=k, response=response("late"), lease=first.lease))).stored
         assert (await stub.Lookup(pb.LookupRequest(key=k))).hit
+
+
+async def test_lease_is_granted_again_to_the_token_that_holds_it(redis: RedisServer) -> None:
+    """A lookup retried after a timeout that did run on Redis gets its own lease back, not a wait."""
+    store = RedisStore.from_url(redis.url, timeout_s=1.0, slow_timeout_s=1.0)
+    try:
+        ns = Namespace(tenant(), "smollm2", "1")
+        assert await store.get_or_lease(ns, "h1", "token-a", 5000) == (None, True)
+        assert await store.get_or_lease(ns, "h1", "token-a", 5000) == (None, True)
+        assert await store.get_or_lease(ns, "h1", "token-b", 5000) == (None, False)
+    finally:
+        await store.close()
+
+
+def _retried() -> float:
+    return REGISTRY.get_sample_value("llmesh_cache_backend_errors_total", {"op": "lookup_retried"}) or 0.0
+
+
+async def test_waiter_keeps_waiting_through_a_stalled_redis(
+    tmp_path: Path, make_server: ServerFactory
+) -> None:
+    """Single flight survives one slow Redis round trip: the waiter still gets the leader's answer."""
+    redis = RedisServer(log_dir=tmp_path).start()
+    try:
+        async with make_server(redis.url, redis_timeout_ms=50) as (_, stub):
+            k = key(tenant(), [8, 1, 8])
+            leader = await stub.Lookup(pb.LookupRequest(key=k))
+            assert leader.lease
+            waiter = asyncio.ensure_future(stub.Lookup(pb.LookupRequest(key=k, wait_ms=10_000), timeout=15))
+            await asyncio.sleep(0.2)  # the waiter is polling
+            retried = _retried()
+            assert redis.process is not None
+            redis.process.signal(signal.SIGSTOP)
+            await asyncio.sleep(0.15)  # at least one poll times out
+            redis.process.signal(signal.SIGCONT)
+            await stub.Store(pb.StoreRequest(key=k, response=response("answer"), lease=leader.lease))
+            result = await waiter
+            assert result.hit and result.response.text == "answer", result
+            assert _retried() > retried
+    finally:
+        redis.stop()
