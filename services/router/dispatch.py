@@ -89,7 +89,7 @@ class Dispatcher:
         deadline: Deadline,
     ) -> Opened:
         backend = self.backends[spec.backend]
-        timeout = deadline.step(self.first_token_timeout_s, f"the first token from {target.name}")
+        timeout = min(self.first_token_timeout_s, max(deadline.remaining(), 0.001))
         started = time.perf_counter()
         stream = backend.stream(spec, target, request, max(deadline.remaining(), 0.001))
         try:
@@ -126,6 +126,12 @@ class Dispatcher:
                     attempts.add(target, spec, "breaker_open")
                     retry_in.append(admission.retry_in_s)
                     continue
+                try:
+                    # The caller's own deadline running out says nothing about the target.
+                    deadline.step(self.first_token_timeout_s, f"the first token from {target.name}")
+                except DeadlineExceeded:
+                    await self.breakers.release(target.breaker_key, admission)
+                    raise
                 if tried_model:
                     if not self.retry_budget.try_retry():
                         RETRY_REFUSED.inc()
