@@ -3,8 +3,8 @@
 Server side, per call: continue the caller's trace (W3C traceparent in metadata) with a SERVER
 span, count and time the call, map typed `LlmeshError`s to their gRPC status with rich details,
 turn unexpected exceptions into INTERNAL with the trace id (logged with the stack), and send the
-trace id back as `x-llmesh-trace-id` response metadata together with whatever the handler added
-through `add_response_metadata`.
+trace id back as `x-llmesh-trace-id` response metadata (initial metadata, together with whatever
+the handler added through `add_response_metadata`, and trailing metadata, success or error).
 """
 
 from __future__ import annotations
@@ -56,6 +56,10 @@ class _Call:
         if not self.headers_sent:
             self.headers_sent = True
             await self.context.send_initial_metadata(tuple(self.md))
+
+    def send_trailers(self) -> None:
+        """The trace id in trailing metadata too, for gRPC callers that read only trailers."""
+        self.context.set_trailing_metadata(((TRACE_ID_KEY, telemetry.current_trace_id()),))
 
     async def fail(self, exc: BaseException, span: trace.Span) -> NoReturn:
         """Map an exception to a status and abort the call with it."""
@@ -143,6 +147,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     except Exception as exc:  # noqa: BLE001 - mapped to a status, logged with stack
                         await call.fail(exc, span)
                     await call.send_headers()
+                    call.send_trailers()
                     return response
             finally:
                 RPC_IN_FLIGHT.labels(self.service, call.short).dec()
@@ -192,6 +197,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 except Exception as exc:  # noqa: BLE001 - mapped to a status, logged with stack
                     await call.fail(exc, span)
                 await call.send_headers()
+                call.send_trailers()
             finally:
                 span.set_attribute("rpc.messages_sent", messages)
                 span.end()

@@ -36,14 +36,23 @@ async def test_chat_unary_answers_with_route_usage_and_headers(
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
     assert resp.route.safety == "allow" and resp.route.trace_id == md["x-llmesh-trace-id"]
     assert resp.route.attempts and resp.route.attempts[-1].endswith(":ok")
+    trailers = dict(await call.trailing_metadata())
+    assert trailers["x-llmesh-trace-id"] == md["x-llmesh-trace-id"], "the trace id is in the trailers too"
 
 
 async def test_stream_sends_role_first_then_deltas_then_usage(
     router: pb_grpc.RouterServiceStub, key: str
 ) -> None:
     req = chat("Name three colours.", max_tokens=10, cache="bypass")
-    chunks = [c async for c in router.StreamChatCompletion(pb.StreamChatCompletionRequest(
-        messages=req.messages, options=req.options), metadata=auth(key))]  # fmt: skip
+    call = router.StreamChatCompletion(
+        pb.StreamChatCompletionRequest(messages=req.messages, options=req.options), metadata=auth(key)
+    )
+    chunks = [c async for c in call]
+    trailers = dict(await call.trailing_metadata())
+    assert (
+        len(trailers["x-llmesh-trace-id"]) == 32
+        and trailers["x-llmesh-trace-id"] == chunks[-1].route.trace_id
+    )
     assert len(chunks) >= 2
     assert chunks[0].choices[0].role == "assistant"
     assert len({c.id for c in chunks}) == 1
