@@ -83,6 +83,15 @@ def test_routes_timeouts_and_retries() -> None:
     assert opts["print_options"]["stream_sse_style_delimited"] is True
 
 
+def test_server_reflection_goes_to_the_router_before_the_catch_all() -> None:
+    paths = [r["match"].get("path") or r["match"].get("prefix") for r in routes(render(EdgeConfig()))]
+    for version in ("v1", "v1alpha"):
+        prefix = f"/grpc.reflection.{version}.ServerReflection/"
+        route = routes(render(EdgeConfig()))[paths.index(prefix)]
+        assert route["route"]["cluster"] == "router" and route["match"]["grpc"] == {}
+        assert paths.index(prefix) < paths.index("/")
+
+
 def test_access_log_never_names_the_body_or_authorization() -> None:
     fmt = hcm(render(EdgeConfig()))["access_log"][0]["typed_config"]["log_format"]["json_format"]
     text = str(fmt).upper()
