@@ -1,6 +1,6 @@
 """Mesh overhead benchmark (not a test): the same generation through Envoy + router vs. direct.
 
-    PYTHONPATH=libs/gen .venv/bin/python -m bench.mesh [--requests 32] [--max-tokens 16]
+    .venv/bin/python -m bench.mesh [--requests 100] [--max-tokens 16]
 
 Starts the whole mesh with the launcher, libs/launch (Redis, tokenizer, safety, cache, one inference
 replica, one router, the gateway and Envoy) on free ports. For concurrency 1 and 32 it runs the
@@ -8,7 +8,8 @@ same greedy generations (the same series of distinct prompts, so no memo or cach
 them; same max_tokens; cache bypassed) twice: directly
 on the inference service (`GenerateStream`) and end to end through Envoy to the router
 (`StreamChatCompletion` over gRPC). At concurrency 1 the direct and mesh calls alternate, so
-both see the same load on the machine. Overhead = mesh latency - direct latency (medians). The
+both see the same load on the machine. Overhead = mesh latency - direct latency, at the median
+and at the 99th percentile (each series' own percentile; with 100 requests p99 is the 99th). The
 per-hop split comes from the router's audit events (matched by `x-llmesh-request-id`): time in
 each pipeline step, and the rest (Envoy, gRPC hops, the router's own work). Last, the CPU time
 each process spends per request (direct-only, then mesh-only calls at concurrency 1): on a small
@@ -190,7 +191,7 @@ async def bench(mesh: Mesh, requests: int, max_tokens: int) -> dict[str, Any]:
             await run_mesh()
         levels: dict[str, Any] = {}
         for conc in (1, 32):
-            total = requests if conc == 1 else max(requests, 2 * conc)
+            total = requests if conc == 1 else max(requests, 4 * conc)
             if conc == 1:
                 # Alternate direct and mesh calls so that both see the same load on the machine.
                 d, m = [], []
@@ -214,11 +215,13 @@ async def bench(mesh: Mesh, requests: int, max_tokens: int) -> dict[str, Any]:
                 "completion_tokens": statistics.median([r["tokens"] for r in m]),
                 "direct_tokens": statistics.median([r["tokens"] for r in d]),
                 "direct_p50_ms": statistics.median([r["latency"] for r in d]) * 1000,
-                "direct_p95_ms": pct([r["latency"] for r in d], 0.95) * 1000,
+                "direct_p99_ms": pct([r["latency"] for r in d], 0.99) * 1000,
                 "mesh_p50_ms": mesh_ms,
-                "mesh_p95_ms": pct([r["latency"] for r in m], 0.95) * 1000,
+                "mesh_p99_ms": pct([r["latency"] for r in m], 0.99) * 1000,
                 "direct_ttft_p50_ms": statistics.median([r["ttft"] for r in d]) * 1000,
                 "mesh_ttft_p50_ms": statistics.median([r["ttft"] for r in m]) * 1000,
+                "direct_ttft_p99_ms": pct([r["ttft"] for r in d], 0.99) * 1000,
+                "mesh_ttft_p99_ms": pct([r["ttft"] for r in m], 0.99) * 1000,
                 "router_internal_p50_ms": router_ms,
                 "envoy_and_hops_p50_ms": mesh_ms - router_ms,
                 "router_steps_p50_ms": steps,
@@ -226,6 +229,7 @@ async def bench(mesh: Mesh, requests: int, max_tokens: int) -> dict[str, Any]:
             }
             lv = levels[str(conc)]
             lv["overhead_p50_ms"] = lv["mesh_p50_ms"] - lv["direct_p50_ms"]
+            lv["overhead_p99_ms"] = lv["mesh_p99_ms"] - lv["direct_p99_ms"]
             lv["overhead_ttft_p50_ms"] = lv["mesh_ttft_p50_ms"] - lv["direct_ttft_p50_ms"]
         cpu = {
             "direct": await cpu_per_request(mesh, run_direct, requests),
@@ -238,8 +242,18 @@ async def bench(mesh: Mesh, requests: int, max_tokens: int) -> dict[str, Any]:
 def print_table(result: dict[str, Any]) -> None:
     print(f"\nmesh overhead: {result['model']}, prompt {result['prompt_tokens']} tokens, "
           f"max_tokens {result['max_tokens']}, greedy, cache bypassed")  # fmt: skip
-    cols = ("direct p50", "mesh p50", "overhead", "ttft dir", "ttft mesh")
-    keys = ("direct_p50_ms", "mesh_p50_ms", "overhead_p50_ms", "direct_ttft_p50_ms", "mesh_ttft_p50_ms")
+    cols = (
+        "direct p50",
+        "mesh p50",
+        "added p50",
+        "direct p99",
+        "mesh p99",
+        "added p99",
+        "ttft dir",
+        "ttft mesh",
+    )
+    keys = ("direct_p50_ms", "mesh_p50_ms", "overhead_p50_ms", "direct_p99_ms", "mesh_p99_ms",
+            "overhead_p99_ms", "direct_ttft_p50_ms", "mesh_ttft_p50_ms")  # fmt: skip
     print(f"{'conc':>4} " + " ".join(f"{c:>11}" for c in cols) + f" {'tokens':>7}")
     for conc, lv in result["levels"].items():
         cells = " ".join(f"{lv[k]:>9.1f}ms" for k in keys)
@@ -261,7 +275,9 @@ def print_table(result: dict[str, Any]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--requests", type=int, default=32, help="requests per level (at least 2x concurrency)")
+    ap.add_argument(
+        "--requests", type=int, default=100, help="requests per level (at least 4x concurrency at c=32)"
+    )
     ap.add_argument("--max-tokens", type=int, default=16)
     args = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="llmesh-bench-mesh-"))

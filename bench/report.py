@@ -144,14 +144,15 @@ def mesh(d: Any) -> list[str]:
         f"a {d['prompt_tokens']}-token prompt, cache bypassed, end to end through Envoy → router → "
         "tokenizer, safety, cache, inference vs. `GenerateStream` called directly on inference):",
         "",
-        "| concurrency | direct p50 ms | mesh p50 ms | added p50 ms | TTFT direct / mesh ms |",
-        "|---:|---:|---:|---:|---:|",
+        "| concurrency | requests | direct p50 / p99 ms | mesh p50 / p99 ms | added p50 ms | added p99 ms "
+        "| TTFT p50 direct / mesh ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for conc, lv in d["levels"].items():
-        added = lv["mesh_p50_ms"] - lv["direct_p50_ms"]
         out.append(
-            f"| {conc} | {_f(lv['direct_p50_ms'])} | {_f(lv['mesh_p50_ms'])} | {_f(added)} "
-            f"| {_f(lv['direct_ttft_p50_ms'])} / {_f(lv['mesh_ttft_p50_ms'])} |"
+            f"| {conc} | {lv['requests']} | {_f(lv['direct_p50_ms'])} / {_f(lv['direct_p99_ms'])} "
+            f"| {_f(lv['mesh_p50_ms'])} / {_f(lv['mesh_p99_ms'])} | {_f(lv['overhead_p50_ms'])} "
+            f"| {_f(lv['overhead_p99_ms'])} | {_f(lv['direct_ttft_p50_ms'])} / {_f(lv['mesh_ttft_p50_ms'])} |"
         )
     steps = list(next(iter(d["levels"].values()))["router_steps_p50_ms"])
     out += ["", "Per-hop split (medians from the router's audit log; output safety is summed over chunks "
