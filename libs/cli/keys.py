@@ -57,8 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--safety-fail-mode",
         choices=("open", "closed"),
-        default="closed",
-        help="when the safety service is down: refuse (closed, default) or serve (open)",
+        default="",
+        help="when the safety service is down: refuse (closed) or serve unscreened (open); "
+        "default: the tenant's setting (`llmesh tenants set`), else the router's (closed)",
     )
     create.add_argument("--no-cache", action="store_true", help="never serve this key from the cache")
 
@@ -79,7 +80,7 @@ def _row(r: KeyRecord) -> dict[str, object]:
         "tpm": r.tpm,
         "budget_day_usd": r.budget_day_usd,
         "budget_month_usd": r.budget_month_usd,
-        "safety_fail_mode": r.safety_fail_mode,
+        "safety_fail_mode": r.safety_fail_mode or "inherit",
         "cache_allowed": r.cache_allowed,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.created_at)),
         "revoked": r.revoked,

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 COMMANDS = {
     "keys": ("libs.cli.keys", "create, revoke and list API keys"),
+    "tenants": ("libs.cli.tenants", "show and change tenant-wide settings"),
     "trace": ("libs.cli.trace", "show the spans of a request"),
 }
 

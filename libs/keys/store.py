@@ -1,7 +1,9 @@
 """API keys in Redis: create, revoke, list, and authenticate with a short in-process cache.
 
 Layout (all under `llmesh:`): `key:<key_id>` is a hash with the key's digest and limits;
-`keys` is the set of every key id, `keys:tenant:<tenant>` the ids of one tenant.
+`keys` is the set of every key id, `keys:tenant:<tenant>` the ids of one tenant, and
+`tenant:<tenant>` a hash of tenant-wide settings that keys inherit unless they set their own
+(today: `safety_fail_mode`).
 
 `authenticate` caches what it read from Redis (records, and "no such key") for `cache_ttl_s`
 (5 s by default) per key id, so the hot path is one HMAC and no Redis trip. A revocation made by
@@ -16,7 +18,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
@@ -31,6 +33,8 @@ PEPPER_ENV = "LLMESH_KEY_PEPPER"
 DEV_PEPPER = "llmesh-development-pepper"
 NS = "llmesh"
 SafetyFailMode = Literal["open", "closed"]
+# "" = not set here: a key follows its tenant, a tenant the router's LLMESH_ROUTER_SAFETY_FAIL_MODE.
+FailModeSetting = Literal["open", "closed", ""]
 
 
 def pepper_from_env() -> bytes:
@@ -53,7 +57,8 @@ class KeyRecord:
     tpm: int = 0
     budget_day_usd: float = 0.0
     budget_month_usd: float = 0.0
-    safety_fail_mode: SafetyFailMode = "closed"
+    safety_fail_mode: FailModeSetting = ""
+    """When safety is down: the key's own setting, else its tenant's ("" = the router's default)."""
     cache_allowed: bool = True
     created_at: float = 0.0
     revoked_at: float = 0.0
@@ -85,7 +90,7 @@ class KeyRecord:
     @classmethod
     def from_redis(cls, key_id: str, h: dict[str, str]) -> KeyRecord:
         """Rebuild a record from its Redis hash."""
-        mode = h.get("safety_fail_mode", "closed")
+        mode = h.get("safety_fail_mode", "")
         return cls(
             key_id=key_id,
             tenant=h.get("tenant", ""),
@@ -94,11 +99,19 @@ class KeyRecord:
             tpm=int(h.get("tpm", "0")),
             budget_day_usd=float(h.get("budget_day_usd", "0")),
             budget_month_usd=float(h.get("budget_month_usd", "0")),
-            safety_fail_mode="open" if mode == "open" else "closed",
+            safety_fail_mode=fail_mode_setting(mode),
             cache_allowed=h.get("cache_allowed", "1") == "1",
             created_at=float(h.get("created_at", "0")),
             revoked_at=float(h.get("revoked_at", "0")),
         )
+
+
+def fail_mode_setting(value: str) -> FailModeSetting:
+    return "open" if value == "open" else "closed" if value == "closed" else ""
+
+
+def _tenant_from_redis(tenant: str, h: dict[str, str]) -> TenantSettings:
+    return TenantSettings(tenant, fail_mode_setting(h.get("safety_fail_mode", "")))
 
 
 @dataclass
@@ -135,19 +148,37 @@ class _TtlCache:
         self.entries.pop(key_id, None)
 
 
+@dataclass(frozen=True)
+class TenantSettings:
+    """Tenant-wide settings; each key may override them."""
+
+    tenant: str
+    safety_fail_mode: FailModeSetting = ""
+
+
+def _check_tenant(tenant: str) -> None:
+    if not tenant or any(c.isspace() or c == "," for c in tenant) or len(tenant) > 128:
+        raise InvalidArgument("tenant must be 1-128 characters without spaces or commas")
+
+
+def _check_fail_mode(safety_fail_mode: str) -> None:
+    if safety_fail_mode not in ("open", "closed", ""):
+        raise InvalidArgument(
+            f"safety_fail_mode must be 'open', 'closed' or '' (inherit), got {safety_fail_mode!r}"
+        )
+
+
 def _validate(
     tenant: str, models: Sequence[str], limits: dict[str, float], safety_fail_mode: str
 ) -> tuple[str, ...]:
-    if not tenant or any(c.isspace() or c == "," for c in tenant) or len(tenant) > 128:
-        raise InvalidArgument("tenant must be 1-128 characters without spaces or commas")
+    _check_tenant(tenant)
     names = tuple(m.strip() for m in models if m.strip())
     if any("," in m for m in names):
         raise InvalidArgument("model names may not contain commas")
     for name, value in limits.items():
         if value < 0:
             raise InvalidArgument(f"{name} must be >= 0 (0 means unlimited), got {value}")
-    if safety_fail_mode not in ("open", "closed"):
-        raise InvalidArgument(f"safety_fail_mode must be 'open' or 'closed', got {safety_fail_mode!r}")
+    _check_fail_mode(safety_fail_mode)
     return names
 
 
@@ -186,6 +217,39 @@ class KeyStore:
     def _tenant_set(tenant: str) -> str:
         return f"{NS}:keys:tenant:{tenant}"
 
+    @staticmethod
+    def _tenant_settings(tenant: str) -> str:
+        return f"{NS}:tenant:{tenant}"
+
+    async def set_tenant(self, tenant: str, *, safety_fail_mode: FailModeSetting) -> TenantSettings:
+        """Set a tenant-wide setting ('' removes it); keys without their own follow it within
+        `cache_ttl_s` in every router."""
+        _check_tenant(tenant)
+        _check_fail_mode(safety_fail_mode)
+        try:
+            if safety_fail_mode:
+                await self.redis.hset(self._tenant_settings(tenant), "safety_fail_mode", safety_fail_mode)
+            else:
+                await self.redis.hdel(self._tenant_settings(tenant), "safety_fail_mode")
+        except RedisError as exc:
+            raise Unavailable(f"key store unavailable: {exc}") from exc
+        self._cache.entries.clear()
+        log.info(
+            "tenant %s settings changed",
+            tenant,
+            extra={"fields": {"tenant": tenant, "safety_fail_mode": safety_fail_mode or "inherit"}},
+        )
+        return await self.get_tenant(tenant)
+
+    async def get_tenant(self, tenant: str) -> TenantSettings:
+        """A tenant's own settings (empty values where it sets none)."""
+        _check_tenant(tenant)
+        try:
+            h: dict[str, str] = await self.redis.hgetall(self._tenant_settings(tenant))
+        except RedisError as exc:
+            raise Unavailable(f"key store unavailable: {exc}") from exc
+        return _tenant_from_redis(tenant, h)
+
     async def create(
         self,
         tenant: str,
@@ -195,7 +259,7 @@ class KeyStore:
         tpm: int = 0,
         budget_day_usd: float = 0.0,
         budget_month_usd: float = 0.0,
-        safety_fail_mode: SafetyFailMode = "closed",
+        safety_fail_mode: FailModeSetting = "",
         cache_allowed: bool = True,
         plaintext: str | None = None,
     ) -> tuple[str, KeyRecord]:
@@ -290,6 +354,18 @@ class KeyStore:
             raise Unavailable(f"key store unavailable: {exc}") from exc
         return h or None
 
+    async def _effective(self, key_id: str, h: dict[str, str]) -> KeyRecord:
+        """The key's record with what it leaves unset taken from its tenant's settings."""
+        record = KeyRecord.from_redis(key_id, h)
+        if record.safety_fail_mode or not record.tenant:
+            return record
+        try:
+            tenant_h: dict[str, str] = await self.redis.hgetall(self._tenant_settings(record.tenant))
+        except RedisError as exc:
+            raise Unavailable(f"key store unavailable: {exc}") from exc
+        tenant = _tenant_from_redis(record.tenant, tenant_h)
+        return replace(record, safety_fail_mode=tenant.safety_fail_mode)
+
     async def authenticate(self, bearer_token: str | None) -> KeyRecord:
         """The record of a valid, unrevoked key; raises Unauthenticated otherwise.
 
@@ -310,7 +386,7 @@ class KeyStore:
             if h is None or "digest" not in h:
                 cached = self._cache.put(key.key_id, None, None)
             else:
-                cached = self._cache.put(key.key_id, h["digest"], KeyRecord.from_redis(key.key_id, h))
+                cached = self._cache.put(key.key_id, h["digest"], await self._effective(key.key_id, h))
         if cached.record is None or cached.digest is None:
             raise Unauthenticated("unknown API key", reason="API_KEY_UNKNOWN")
         if not apikey.matches(self._pepper, key, cached.digest):

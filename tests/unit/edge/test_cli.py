@@ -57,3 +57,25 @@ def test_dispatch_unknown_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown command" in capsys.readouterr().err
     assert cli_main.main(["--help"]) == 0
     assert "keys" in capsys.readouterr().out
+
+
+def test_tenants_set_and_show(redis_proc: RedisServer) -> None:
+    def tenants(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "libs.cli.main", "tenants", "--redis-url", redis_proc.url, *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={"LLMESH_KEY_PEPPER": "cli-test", "PATH": "/usr/bin:/bin"},
+            check=False,
+        )
+
+    assert (
+        json.loads(tenants("show", "--tenant", "clitenant", "--json").stdout)["safety_fail_mode"] == "inherit"
+    )
+    changed = tenants("set", "--tenant", "clitenant", "--safety-fail-mode", "open")
+    assert changed.returncode == 0, changed.stderr
+    assert "safety_fail_mode=open" in changed.stdout
+    assert json.loads(tenants("show", "--tenant", "clitenant", "--json").stdout)["safety_fail_mode"] == "open"
+    refused = tenants("set", "--tenant", "two words", "--safety-fail-mode", "open")
+    assert refused.returncode == 1 and "tenant must be" in refused.stderr

@@ -160,3 +160,36 @@ async def test_keys_never_reach_the_log(
         await store.authenticate(key)
     assert record.key_id in caplog.text
     assert apikey.parse(key).secret not in caplog.text
+
+
+async def test_keys_follow_their_tenants_fail_mode_unless_they_set_their_own(
+    redis_client: aioredis.Redis,
+) -> None:
+    clock = FakeClock()
+    store = store_for(redis_client, clock)
+    inheriting, _ = await store.create("tenant-a")
+    own, _ = await store.create("tenant-a", safety_fail_mode="closed")
+    other_tenant, _ = await store.create("tenant-b")
+    assert (await store.authenticate(inheriting)).safety_fail_mode == ""  # the router's default applies
+
+    assert (await store.set_tenant("tenant-a", safety_fail_mode="open")).safety_fail_mode == "open"
+    assert (await store.authenticate(inheriting)).safety_fail_mode == "open"
+    assert (await store.authenticate(own)).safety_fail_mode == "closed", "a key's own setting wins"
+    assert (await store.authenticate(other_tenant)).safety_fail_mode == ""
+
+    # Another router process (its own cache) sees the change once its cached record expires.
+    other_router = store_for(redis_client, clock)
+    assert (await other_router.authenticate(inheriting)).safety_fail_mode == "open"
+    await store.set_tenant("tenant-a", safety_fail_mode="")
+    assert (await other_router.authenticate(inheriting)).safety_fail_mode == "open"
+    clock.now += 6
+    assert (await other_router.authenticate(inheriting)).safety_fail_mode == ""
+    assert (await store.get_tenant("tenant-a")).safety_fail_mode == ""
+
+
+async def test_tenant_settings_are_validated(redis_client: aioredis.Redis) -> None:
+    store = store_for(redis_client)
+    with pytest.raises(InvalidArgument, match="safety_fail_mode"):
+        await store.set_tenant("acme", safety_fail_mode="maybe")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="tenant"):
+        await store.set_tenant("two words", safety_fail_mode="open")
