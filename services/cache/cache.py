@@ -354,6 +354,10 @@ class ResponseCache:
             if entry.sampling_digest != digest:
                 metrics.SEMANTIC_REJECTS.labels("sampling").inc()
                 continue
+            if entry.context_digest is None or entry.context_digest != key.context_digest:
+                # Same question, other system prompt or conversation: not the same question.
+                metrics.SEMANTIC_REJECTS.labels("context").inc()
+                continue
             rejected = guard_rejects(entry.semantic_text, key.semantic_text)
             if rejected:
                 metrics.SEMANTIC_REJECTS.labels(rejected).inc()
@@ -389,7 +393,12 @@ class ResponseCache:
                 if lease:
                     await self._store.release_lease(ns, h, lease)
                 return StoreResult(False, ns.entry_id(h))
-            entry = replace(response, sampling_digest=sampling.digest(), semantic_text=key.semantic_text)
+            entry = replace(
+                response,
+                sampling_digest=sampling.digest(),
+                semantic_text=key.semantic_text,
+                context_digest=key.context_digest,
+            )
             ttl = ttl_s or self.policy.ttl_for(key.tenant, key.model)
             await self._store.put_entry(ns, h, encode(entry), ttl, lease)
             self.backend_up = True

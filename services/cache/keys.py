@@ -170,6 +170,8 @@ class CacheKey:
     sampling: Sampling = field(default_factory=Sampling)
     prompt_token_ids: Sequence[int] = ()
     semantic_text: str = ""
+    # Fingerprint of the prompt around semantic_text; a semantic hit needs an equal one.
+    context_digest: str = ""
 
     @property
     def namespace(self) -> Namespace:
@@ -185,7 +187,11 @@ class CacheKey:
 
 
 def entry_hash(key: CacheKey, sampling: NormalSampling) -> str:
-    """sha256 over tenant, model, version, normalised sampling and prompt tokens (hex)."""
+    """sha256 over tenant, model, version, normalised sampling and prompt tokens (hex).
+
+    The prompt tokens already cover the context, so context_digest enters only a key without
+    tokens.
+    """
     header = {
         "schema": KEY_SCHEMA,
         "tenant": key.tenant,
@@ -197,7 +203,10 @@ def entry_hash(key: CacheKey, sampling: NormalSampling) -> str:
     h.update(b"\x00tokens\x00")
     h.update(np.asarray(key.prompt_token_ids, dtype="<i4").tobytes())
     if not key.prompt_token_ids:
-        # A semantic-only entry (no tokens) is keyed by its text instead.
+        # A semantic-only entry (no tokens) is keyed by its text and context instead.
         h.update(b"\x00text\x00")
         h.update(key.semantic_text.encode())
+        if key.context_digest:
+            h.update(b"\x00context\x00")
+            h.update(key.context_digest.encode())
     return h.hexdigest()

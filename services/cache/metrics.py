@@ -27,7 +27,8 @@ LEASES = Counter(
 )
 SEMANTIC_REJECTS = Counter(
     "llmesh_cache_semantic_rejects_total",
-    "Semantic candidates above the threshold that were not served, by reason.",
+    "Semantic candidates above the threshold that were not served, by reason: expired, sampling, "
+    "context (another system prompt or conversation), numbers, swap.",
     ["reason"],
 )
 INVALIDATED = Counter("llmesh_cache_invalidated_total", "Entries deleted by Invalidate.", ["scope"])

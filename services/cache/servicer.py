@@ -34,6 +34,7 @@ def _key(key: pb.CacheKey) -> CacheKey:
         sampling=sampling,
         prompt_token_ids=tuple(key.prompt_token_ids),
         semantic_text=key.semantic_text,
+        context_digest=key.context_digest,
     )
 
 
