@@ -34,7 +34,7 @@ from services.cache.keys import (
     parse_entry_id,
     tenant_pattern,
 )
-from services.cache.redis_store import BackendError, BackendTimeout, RedisStore
+from services.cache.redis_store import BackendError, BackendTimeout, RedisStore, WrongType
 from services.cache.semantic import IndexLoading, SemanticIndex, guard_rejects
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ _POLL_MAX_S = 0.05
 _WAIT_FAILURES = 3
 # Semantic candidates above the threshold that are checked (sampling, numbers) before giving up.
 _CANDIDATES = 8
+# Reads of an entry and its lease per lookup: a corrupt or foreign value is deleted and read again.
+_READ_ATTEMPTS = 3
 _ADMIN_TIMEOUT_S = 30.0
 
 
@@ -248,8 +250,17 @@ class ResponseCache:
     async def _get_or_lease(
         self, ns: Namespace, h: str, token: str, end: float
     ) -> tuple[StoredResponse | None, bool]:
-        for _attempt in range(2):
-            blob, leased = await self._lease_call(ns, h, token, end)
+        for _attempt in range(_READ_ATTEMPTS):
+            try:
+                blob, leased = await self._lease_call(ns, h, token, end)
+            except WrongType as err:
+                # Not a Redis outage: someone else's key sits where ours should. It is a miss,
+                # and it goes, so the next Store can write the entry.
+                self.backend_up = True
+                metrics.CORRUPT_ENTRIES.labels("wrong_type").inc()
+                log.warning("deleting a foreign value: %s", err)
+                await self._store.delete(err.key)
+                continue
             self.backend_up = True
             if blob is None:
                 return None, leased
@@ -280,7 +291,7 @@ class ResponseCache:
         try:
             return decode(blob)
         except CorruptEntry as err:
-            metrics.CORRUPT_ENTRIES.inc()
+            metrics.CORRUPT_ENTRIES.labels("undecodable").inc()
             log.warning("deleting corrupt cache entry %s: %s", ns.entry_id(h), err)
             await self._store.delete(ns.entry_key(h))
             return None

@@ -18,7 +18,16 @@ BACKEND_ERRORS = Counter(
     "llmesh_cache_backend_errors_total", "Redis failures or timeouts, by operation.", ["op"]
 )
 CORRUPT_ENTRIES = Counter(
-    "llmesh_cache_corrupt_entries_total", "Stored values that failed to decode and were deleted."
+    "llmesh_cache_corrupt_entries_total",
+    "Values where an entry or lease should be that were deleted and answered as a miss, by kind: "
+    "undecodable (not a valid entry) or wrong_type (a key of another Redis type).",
+    ["kind"],
+)
+CORRUPT_VECTORS = Counter(
+    "llmesh_cache_corrupt_vectors_total",
+    "Malformed semantic index records skipped (and their vectors removed), by where they were read: "
+    "log (change log) or snapshot (full reload).",
+    ["source"],
 )
 LEASES = Counter(
     "llmesh_cache_leases_total",

@@ -32,16 +32,28 @@ from services.cache.keys import Namespace
 
 T = TypeVar("T")
 
+# A key of another type where an entry or a lease should be answers {3, <index of that key>}
+# (Redis would otherwise fail the whole script with WRONGTYPE).
 _GET_OR_LEASE = """
-local v = redis.call('GET', KEYS[1])
+local function wrong_type(reply)
+  if type(reply) ~= 'table' or not reply.err then return false end
+  if string.sub(reply.err, 1, 9) == 'WRONGTYPE' then return true end
+  error(reply.err)
+end
+local v = redis.pcall('GET', KEYS[1])
+if wrong_type(v) then return {3, 1} end
 if v then return {1, v} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
-if redis.call('GET', KEYS[2]) == ARGV[1] then return {2} end
+local held = redis.pcall('GET', KEYS[2])
+if wrong_type(held) then return {3, 2} end
+if held == ARGV[1] then return {2} end
 return {0}
 """
 
 _RELEASE_LEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+local held = redis.pcall('GET', KEYS[1])
+if type(held) == 'table' then return 0 end
+if held == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
@@ -64,7 +76,9 @@ end
 return ver
 """
 
+# ARGV[3] == '1': remove only while the stored vector still equals ARGV[4].
 _REMOVE_VECTOR = """
+if ARGV[3] == '1' and redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[4] then return 0 end
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 local ver = redis.call('INCR', KEYS[4])
@@ -79,6 +93,14 @@ class BackendError(Exception):
 
 class BackendTimeout(BackendError):
     """Redis did not answer in time (it may still have run the command)."""
+
+
+class WrongType(Exception):
+    """A key holds a value of another Redis type than the cache writes there (not ours)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"{key} holds a value of the wrong Redis type")
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -106,7 +128,7 @@ def _vector_keys(ns: Namespace) -> list[str]:
 
 
 def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 class RedisStore:
@@ -199,11 +221,16 @@ class RedisStore:
     async def get_or_lease(
         self, ns: Namespace, entry_hash: str, token: str, lease_ms: int, timeout_s: float | None = None
     ) -> tuple[bytes | None, bool]:
-        """Atomically: the entry if present, else try to take the lease. Returns (value, leased)."""
+        """Atomically: the entry if present, else try to take the lease. Returns (value, leased).
+
+        Raises WrongType when the entry or lease key holds another type of value.
+        """
         keys = [ns.entry_key(entry_hash), ns.lease_key(entry_hash)]
         reply = await self._run(self._get_or_lease(keys=keys, args=[token, lease_ms]), timeout_s)
         if int(reply[0]) == 1:
             return bytes(reply[1]), False
+        if int(reply[0]) == 3:
+            raise WrongType(keys[int(reply[1]) - 1])
         return None, int(reply[0]) == 2
 
     async def put_entry(self, ns: Namespace, entry_hash: str, blob: bytes, ttl_s: int, lease: str) -> None:
@@ -232,10 +259,16 @@ class RedisStore:
         ]
         return int(await self._run(self._add_vector(keys=_vector_keys(ns), args=args)))
 
-    async def remove_vector(self, ns: Namespace, entry_hash: str) -> bool:
-        """Remove a vector; returns whether it existed."""
+    async def remove_vector(self, ns: Namespace, entry_hash: str, only_if: bytes | None = None) -> bool:
+        """Remove a vector (with only_if: only while it still holds exactly that blob).
+
+        Returns whether it was removed.
+        """
         keys = _vector_keys(ns)[:4]
-        return bool(await self._run(self._remove_vector(keys=keys, args=[entry_hash, self.log_max_len])))
+        args: list[bytes | str | int] = [entry_hash, self.log_max_len, "0" if only_if is None else "1"]
+        if only_if is not None:
+            args.append(only_if)
+        return bool(await self._run(self._remove_vector(keys=keys, args=args)))
 
     async def read_log(
         self, ns: Namespace, after_version: int, count: int, timeout_s: float | None = None
@@ -248,11 +281,12 @@ class RedisStore:
         entries = []
         for stream_id, fields in raw:
             version = int(_text(stream_id).split("-")[0])  # type: ignore[union-attr]
+            # A record missing fields reaches the index as op "" and is dropped there, counted.
             entries.append(
                 LogEntry(
                     version=version,
-                    op=_text(fields[b"op"]) or "",
-                    entry_hash=_text(fields[b"h"]) or "",
+                    op=_text(fields.get(b"op")) or "",
+                    entry_hash=_text(fields.get(b"h")) or "",
                     vector=fields.get(b"v", b""),
                 )
             )

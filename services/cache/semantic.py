@@ -5,6 +5,10 @@ dropped). Before a search the mirror reads the namespace's change log after its 
 round trip, usually empty); a generation change (the namespace was wiped) or a gap in the log
 (it was trimmed past us) triggers a full reload from the `vec` hash, which runs as a task so a
 slow reload of a big namespace never blocks lookups beyond their own budget.
+
+A malformed record (a vector of the wrong size or with non-finite values, a log record missing
+its fields) never fails a lookup: it is skipped, counted in `llmesh_cache_corrupt_vectors_total`,
+and its vector removed from Redis unless a valid one has replaced it since.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from services.cache import metrics
 from services.cache.keys import Namespace
-from services.cache.redis_store import LogEntry, RedisStore
+from services.cache.redis_store import BackendError, LogEntry, RedisStore
 from services.cache.vectors import Neighbour, Vector, VectorMirror
 
 log = logging.getLogger(__name__)
@@ -220,6 +225,13 @@ class SemanticIndex:
             raise IndexLoading(f"semantic index of {ns.tenant}/{ns.model} is loading") from err
         return self._mirrors[ns]
 
+    def _vector(self, blob: bytes) -> Vector | None:
+        """The vector a blob holds, or None when it is not one of this index's vectors."""
+        if len(blob) != 4 * self._dim:
+            return None
+        vector = np.frombuffer(blob, dtype="<f4")
+        return vector if bool(np.isfinite(vector).all()) else None
+
     async def _catch_up(self, ns: Namespace, mirror: VectorMirror, budget_s: float) -> bool:
         """Apply the log after mirror.version; False when a full reload is needed."""
         while True:
@@ -228,31 +240,60 @@ class SemanticIndex:
                 return False
             if not entries:
                 return True
-            if not self._apply(mirror, entries):
+            applied, malformed = self._apply(mirror, entries)
+            await self._drop_malformed(ns, "log", malformed)
+            if not applied:
                 return False
             if len(entries) < _LOG_BATCH:
                 return True
 
-    def _apply(self, mirror: VectorMirror, entries: list[LogEntry]) -> bool:
+    def _apply(self, mirror: VectorMirror, entries: list[LogEntry]) -> tuple[bool, list[tuple[str, bytes]]]:
+        """Apply log records in order: (False when there is a gap, the malformed records seen)."""
+        malformed: list[tuple[str, bytes]] = []
         for entry in entries:
             if entry.version != mirror.version + 1:
-                return False
-            if entry.op == "a":
-                mirror.upsert(entry.entry_hash, np.frombuffer(entry.vector, dtype="<f4"))
-            elif entry.op == "d":
+                return False, malformed
+            if entry.op == "d" and entry.entry_hash:
                 mirror.remove(entry.entry_hash)
+            elif entry.op == "a" and entry.entry_hash:
+                vector = self._vector(entry.vector)
+                if vector is not None:
+                    mirror.upsert(entry.entry_hash, vector)
+                else:
+                    # What Redis now holds for this hash is not a usable vector: no row for it.
+                    mirror.remove(entry.entry_hash)
+                    malformed.append((entry.entry_hash, entry.vector))
+            else:
+                malformed.append(("", b""))  # a record missing its fields: counted, skipped
             mirror.version = entry.version
-        return True
+        return True, malformed
+
+    async def _drop_malformed(self, ns: Namespace, source: str, malformed: list[tuple[str, bytes]]) -> None:
+        """Count malformed records and remove their vectors (unless replaced since)."""
+        if not malformed:
+            return
+        metrics.CORRUPT_VECTORS.labels(source).inc(len(malformed))
+        log.warning("skipping %d malformed vector record(s) of %s (%s)", len(malformed), ns.prefix, source)
+        for entry_hash, blob in malformed:
+            if not entry_hash:
+                continue
+            try:
+                await self._store.remove_vector(ns, entry_hash, only_if=blob)
+            except BackendError as err:
+                # It stays skipped on every read until a later removal succeeds.
+                log.info("could not remove malformed vector %s: %s", entry_hash, err)
 
     async def _reload(self, ns: Namespace) -> None:
         snapshot = await self._store.snapshot(ns, self._reload_timeout_s)
         mirror = VectorMirror(self._dim)
+        malformed: list[tuple[str, bytes]] = []
         for entry_hash, blob in snapshot.vectors.items():
-            vector = np.frombuffer(blob, dtype="<f4")
-            if vector.shape == (self._dim,):
+            vector = self._vector(blob)
+            if vector is not None:
                 mirror.upsert(entry_hash, vector)
             else:
-                log.warning("dropping a %d-byte vector of the wrong size in %s", len(blob), ns.prefix)
+                malformed.append((entry_hash, blob))
+        await self._drop_malformed(ns, "snapshot", malformed)
         mirror.generation = snapshot.generation
         mirror.version = snapshot.version
         self._mirrors[ns] = mirror
