@@ -1,5 +1,5 @@
 """What the cache serves is right: semantic hits need the same context, values of another type or
-malformed vectors are misses (cleaned up and counted, never an outage)."""
+malformed vectors are misses (cleaned up and counted, never an outage), TTLs follow the policy."""
 
 from __future__ import annotations
 
@@ -169,3 +169,23 @@ async def test_a_malformed_vector_replaced_since_is_kept(
             assert await store.remove_vector(ns, "d" * 64, only_if=good.tobytes())
     finally:
         await store.close()
+
+
+async def test_ttl_follows_store_then_tenant_model_then_tenant_then_default(
+    redis: RedisServer, make_server: ServerFactory
+) -> None:
+    t = tenant()
+    overrides = {t: 2000, f"{t}/m2": 1000}
+    async with make_server(redis.url, default_ttl_s=3000, ttl_overrides=overrides) as (_, stub):
+        with redis_py.Redis.from_url(redis.url) as client:
+
+            async def ttl_of(k: pb.CacheKey, ttl_s: int = 0) -> int:
+                stored = await stub.Store(pb.StoreRequest(key=k, response=response("x"), ttl_s=ttl_s))
+                ns, h = parse_entry_id(stored.entry_id)
+                return int(client.ttl(ns.entry_key(h)))
+
+            # Seconds elapse between the write and the TTL read: a margin, not a measurement.
+            assert 1900 < await ttl_of(key(t, [1], model="m1")) <= 2000
+            assert 900 < await ttl_of(key(t, [2], model="m2")) <= 1000
+            assert 2900 < await ttl_of(key(tenant(), [3], model="m2")) <= 3000
+            assert 400 < await ttl_of(key(t, [4], model="m2"), ttl_s=500) <= 500
