@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -37,6 +39,7 @@ class PipelineConfig:
     safety_timeout_s: float = 2.0
     cache_timeout_s: float = 0.3
     cache_wait_ms: int = 0
+    # Ask the cache for semantic hits (and give it the prompt text to index); off = exact only.
     cache_semantic: bool = True
     default_max_tokens: int = 256
     stream_chunk_chars: int = 24
@@ -69,12 +72,30 @@ class GenerationInput:
             return self.prompt or ""
         return "\n".join(msg.content for msg in self.messages if msg.role in ("system", "user"))
 
+    def _last_user(self) -> int:
+        """Index of the last user message (-1 when there is none)."""
+        return max((i for i, msg in enumerate(self.messages) if msg.role == "user"), default=-1)
+
     def semantic_text(self) -> str:
         """The last user message (or the prompt), embedded by the semantic cache."""
         if not self.is_chat:
             return self.prompt or ""
-        users = [msg.content for msg in self.messages if msg.role == "user"]
-        return users[-1] if users else ""
+        last = self._last_user()
+        return self.messages[last].content if last >= 0 else ""
+
+    def context_digest(self) -> str:
+        """Fingerprint of the prompt except `semantic_text`: for a chat every message (role, name,
+        content) with the last user message's content left out, for a raw completion only that
+        it is one. The semantic cache serves a hit only between equal digests, so a question
+        never gets an answer given under another system prompt or conversation."""
+        if not self.is_chat:
+            parts: list[object] = ["completion"]
+        else:
+            last = self._last_user()
+            parts = ["chat"]
+            parts += ([m.role, m.name, None if i == last else m.content] for i, m in enumerate(self.messages))
+        raw = json.dumps(parts, separators=(",", ":"), ensure_ascii=False).encode()
+        return hashlib.sha256(raw).hexdigest()[:32]
 
     def char_count(self) -> int:
         return len(self.prompt or "") if not self.is_chat else sum(len(msg.content) for msg in self.messages)

@@ -308,16 +308,23 @@ class Pipeline:
                     model_version=self.backends[spec.backend].model_version(spec),
                     sampling=sampling,
                     prompt_token_ids=ids,
-                    semantic_text=req.semantic_text(),
                 ),
                 mode=req.cache_mode,
-                semantic=self.cfg.cache_semantic,
                 wait_ms=self.cfg.cache_wait_ms,
             )
             t_wait = time.perf_counter()
             screened = await safety_task
             audit.steps["input_safety_wait"] = time.perf_counter() - t_wait
             self._admit_input(screened, audit)
+            if self.cfg.cache_semantic and screened is not None and screened.action == safety_pb.ACTION_ALLOW:
+                # Only a prompt safety screened and passed unchanged is matched by meaning. A
+                # redacted one (or one safety could not screen) uses the exact cache only, whose
+                # key holds its original tokens: its answer may carry personal data (restored
+                # from placeholders) that a similar prompt about someone else must never get,
+                # and its raw text must not be stored in Redis to be embedded.
+                lookup_req.semantic = True
+                lookup_req.key.semantic_text = req.semantic_text()
+                lookup_req.key.context_digest = req.context_digest()
             # Allowed: the cache lookup runs while a redacted prompt is re-tokenized.
             t_parallel = time.perf_counter()
             cache_task = asyncio.create_task(self._lookup(lookup_req, deadline)) if use_cache else None

@@ -121,6 +121,7 @@ def build_server(settings: RouterSettings) -> GrpcService:
                 safety_timeout_s=settings.safety_timeout_s,
                 cache_timeout_s=settings.cache_timeout_s,
                 cache_wait_ms=settings.cache_wait_ms,
+                cache_semantic=settings.cache_semantic,
                 default_max_tokens=settings.default_max_tokens,
                 stream_chunk_chars=settings.stream_chunk_chars,
             ),

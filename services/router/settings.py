@@ -44,6 +44,12 @@ class RouterSettings(ServiceSettings):
         "flight: N concurrent identical misses run inference once); 0 = never wait. Matches the cache's "
         "lease (LLMESH_CACHE_LEASE_MS), after which a waiter takes over.",
     )
+    cache_semantic: bool = Field(
+        True,
+        description="Ask the cache for semantic hits (a paraphrase under the same system prompt and earlier "
+        "turns gets a cached answer) and give it the prompt text to index; off = exact hits only. Prompts "
+        "safety redacted or could not screen always use the exact cache only.",
+    )
     first_token_timeout_s: float = Field(
         10.0, gt=0, description="Deadline for an inference attempt to produce its first token, seconds."
     )
