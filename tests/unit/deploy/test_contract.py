@@ -113,3 +113,26 @@ def test_served_models_are_in_the_inference_image_and_the_triton_repository(
         )
         if env["LLMESH_INFERENCE_BACKEND"] == "triton":
             assert (ROOT / "deploy/triton/model_repository" / model / "config.pbtxt").is_file(), model
+
+
+ADDRESS = re.compile(r"(?:dns:///|redis://|http://)?([a-z0-9-]+):(\d+)(?:/\d+)?")
+
+
+def test_compose_addresses_name_its_services_and_each_redis_fits_its_user() -> None:
+    compose = yaml.safe_load((ROOT / "deploy/compose/compose.yaml").read_text())["services"]
+    for name, svc in compose.items():
+        for var, value in (svc.get("environment") or {}).items():
+            if var.endswith(("_ADDR", "_ADDRS", "_URL")):
+                for target in str(value).split(","):
+                    m = ADDRESS.fullmatch(target)
+                    assert m and m.group(1) in compose, f"{name}: {var}={value} names no compose service"
+    # The router's state must never be evicted; the cache may lose entries, never its index keys.
+    for user, policy in (("router", "noeviction"), ("cache", "volatile-lru")):
+        env = compose[user]["environment"]
+        redis = ADDRESS.fullmatch(env[f"LLMESH_{user.upper()}_REDIS_URL"])
+        assert redis is not None
+        command = compose[redis.group(1)]["command"]
+        assert command[command.index("--maxmemory-policy") + 1] == policy, user
+        assert redis.group(1) in compose[user]["depends_on"], user
+    router = compose["router"]["environment"]
+    assert router["LLMESH_REDIS_URL"] == router["LLMESH_ROUTER_REDIS_URL"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlparse
 
 import kubernetes_validate
 import pytest
@@ -156,7 +157,8 @@ def test_network_policies_expose_only_envoy_and_keep_redis_private(
     assert _allowed_sources(resources, "gateway", 8081) == {"envoy"}
     for name in ("tokenizer", "safety", "cache", "inference"):
         assert _allowed_sources(resources, name, SERVICES[name][0]) == {"router"}, name
-    assert _allowed_sources(resources, "redis", 6379) == {"router", "cache"}
+    assert _allowed_sources(resources, "redis-state", 6379) == {"router"}
+    assert _allowed_sources(resources, "redis-cache", 6379) == {"cache"}
     if overlay == "gpu":
         assert _allowed_sources(resources, "triton", 8001) == {"inference"}
     for name, (_, metrics_port) in SERVICES.items():
@@ -213,9 +215,48 @@ def test_traces_go_to_jaeger_from_every_service(
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317", name
 
 
-def test_redis_is_a_bounded_lru_cache(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    conf = find(rendered["prod"], "ConfigMap", "redis")["data"]["redis.conf"].splitlines()
-    assert "maxmemory-policy allkeys-lru" in conf
-    (maxmemory,) = [line.split()[1] for line in conf if line.startswith("maxmemory ")]
-    limit = pod_spec(find(rendered["prod"], "StatefulSet", "redis"))["containers"][0]["resources"]["limits"]
-    assert int(maxmemory.removesuffix("mb")) < int(limit["memory"].removesuffix("Gi")) * 1024
+# Which Redis each user gets, and the eviction policy that data needs: the router's keys, limits,
+# budgets and breaker state must never be evicted; the cache may lose entries (they carry TTLs)
+# but never its index keys (no TTL), which volatile-lru spares.
+REDIS_OF = {"router": ("redis-state", "noeviction"), "cache": ("redis-cache", "volatile-lru")}
+
+
+def _redis_conf(resources: list[dict[str, Any]], name: str) -> dict[str, str]:
+    text = find(resources, "ConfigMap", name)["data"]["redis.conf"]
+    return {k: v.strip() for k, _, v in (line.strip().partition(" ") for line in text.splitlines()) if k}
+
+
+def _bytes(size: str) -> int:
+    units = {"mb": 2**20, "gb": 2**30, "Mi": 2**20, "Gi": 2**30}
+    unit = next(u for u in units if size.endswith(u))
+    return int(size.removesuffix(unit)) * units[unit]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_state_and_cache_live_in_separate_redis_with_the_eviction_policy_each_needs(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    resources = rendered[overlay]
+    for user, (redis, policy) in REDIS_OF.items():
+        (server,) = [
+            c for c in pod_spec(find(resources, "Deployment", user))["containers"] if c["name"] == "server"
+        ]
+        url = urlparse(env_of(server)[f"LLMESH_{user.upper()}_REDIS_URL"])
+        assert (url.hostname, url.port) == (redis, 6379), user
+        conf = _redis_conf(resources, redis)
+        assert conf["maxmemory-policy"] == policy, redis
+        statefulset = find(resources, "StatefulSet", redis)
+        assert any(vol.get("configMap", {}).get("name") == redis for vol in pod_spec(statefulset)["volumes"])
+        (container,) = pod_spec(statefulset)["containers"]
+        # a full Redis answers errors (or evicts) before the container is OOM-killed
+        assert _bytes(conf["maxmemory"]) < _bytes(container["resources"]["limits"]["memory"]), redis
+    # the keys CLI run inside the router pod reaches the same Redis as the router
+    router = env_of(pod_spec(find(resources, "Deployment", "router"))["containers"][0])
+    assert router["LLMESH_REDIS_URL"] == router["LLMESH_ROUTER_REDIS_URL"]
+    # API keys and usage survive a restart; cache entries need not
+    state = find(resources, "StatefulSet", "redis-state")
+    assert _redis_conf(resources, "redis-state")["appendonly"] == "yes"
+    assert [t["metadata"]["name"] for t in state["spec"]["volumeClaimTemplates"]] == ["data"]
+    (container,) = pod_spec(state)["containers"]
+    assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+    assert _redis_conf(resources, "redis-cache")["appendonly"] == "no"
