@@ -7,11 +7,14 @@ from typing import Any
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from libs.launch.mesh import Mesh
 
 pytestmark = pytest.mark.e2e
-PROMPT = [{"role": "user", "content": "Name the four seasons of the year, in order, separated by commas."}]
+PROMPT: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Name the four seasons of the year, in order, separated by commas."}
+]
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +25,7 @@ def client(mesh: Mesh, api_key: str) -> openai.OpenAI:
 def _chat(client: openai.OpenAI, **params: Any) -> Any:
     return client.chat.completions.create(
         model="smollm2",
-        messages=PROMPT,  # type: ignore[arg-type]
+        messages=PROMPT,
         extra_body={"cache": "bypass"},
         **{"temperature": 0, **params},
     )
@@ -62,7 +65,7 @@ def test_stop_applies_to_streams(client: openai.OpenAI, baseline: str) -> None:
     word = _cut_word(baseline)
     stream = client.chat.completions.create(
         model="smollm2",
-        messages=PROMPT,  # type: ignore[arg-type]
+        messages=PROMPT,
         temperature=0,
         max_tokens=32,
         stop=[word],
