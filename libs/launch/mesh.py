@@ -12,6 +12,7 @@ import logging
 import signal
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,16 @@ def grpc_serving(port: int, service: str = "") -> bool:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
         resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
         return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def otlp_host_port(endpoint: str) -> str:
+    """`host:port` of an OTLP/gRPC endpoint given as a URL (`http://collector:4317`) or as
+    `host:port`; 4317, the OTLP/gRPC port, when the URL names none."""
+    parsed = urllib.parse.urlsplit(endpoint if "//" in endpoint else f"//{endpoint}")
+    if not parsed.hostname:
+        raise ValueError(f"OTLP endpoint {endpoint!r} names no host")
+    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+    return f"{host}:{parsed.port or 4317}"
 
 
 def http_ok(url: str) -> bool:
@@ -219,7 +230,7 @@ class Mesh:
         if c.with_gateway:
             args += ["--gateway", self.addr("gateway")]
         if c.otlp_endpoint:
-            args += ["--otlp", c.otlp_endpoint.removeprefix("http://")]
+            args += ["--otlp-collector", otlp_host_port(c.otlp_endpoint)]
         subprocess.run(args, cwd=ROOT, check=True, capture_output=True, text=True)
         base_id = c.envoy_base_id or port  # unique per mesh: two Envoys never share a base id
         envoy = str(Path(sys.executable).parent / "envoy")

@@ -3,6 +3,7 @@ process and wait until it is ready: shared by `make up`, the tests and the bench
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import urllib.error
 import urllib.request
@@ -11,6 +12,19 @@ from pathlib import Path
 from libs.testing.process import ManagedProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def bundled_tritonserver() -> Path | None:
+    """The tritonserver binary of the installed nvidia-pytriton wheel, when it is there together
+    with a python backend stub for this interpreter (what `triton_launcher` needs); else None."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    server = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    binary = server / "bin" / "tritonserver"
+    stub = server / "python_backend_stubs" / version / "triton_python_backend_stub"
+    return binary if binary.is_file() and stub.is_file() else None
 
 
 def _ok(url: str) -> bool:
