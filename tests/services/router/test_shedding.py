@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -60,7 +61,7 @@ async def test_overload_is_refused_at_once_with_a_retry_hint(small_mesh: Mesh) -
     async with grpc.aio.insecure_channel(small_mesh.addr("router-0")) as channel:
         stub = pb_grpc.RouterServiceStub(channel)
 
-        async def one(i: int) -> object:
+        async def one(i: int) -> list[Any] | grpc.aio.AioRpcError:
             try:
                 chunks = [
                     c
