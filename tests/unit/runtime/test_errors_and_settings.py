@@ -44,7 +44,7 @@ def test_service_config_retries_only_idempotent_methods() -> None:
     cfg = json.loads(service_config("a.B", idempotent_methods=["Get"]))
     retrying = [c for c in cfg["methodConfig"] if "retryPolicy" in c]
     assert len(retrying) == 1 and retrying[0]["name"] == [{"service": "a.B", "method": "Get"}]
-    assert retrying[0]["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+    assert retrying[0]["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE", "DEADLINE_EXCEEDED"]
     assert all("timeout" not in c for c in cfg["methodConfig"]), "per-call deadlines only (grpcio 1.85)"
 
 
