@@ -43,6 +43,8 @@ class PipelineConfig:
     cache_semantic: bool = True
     default_max_tokens: int = 256
     stream_chunk_chars: int = 24
+    # When safety is down and neither the key nor its tenant says otherwise: "closed" or "open".
+    safety_fail_mode: str = "closed"
 
 
 @dataclass(frozen=True)

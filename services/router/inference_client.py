@@ -14,6 +14,14 @@ prompt goes first (it skips prefilling those tokens) when that saves at least
 minimum keeps short shared prefixes (the chat template's default system prompt, which every
 replica holds) from pinning identical small prompts to one replica: round-robin still spreads them,
 and a replica coming back still gets the calls that close its circuit breaker.
+
+An address written `dns:///name:port` (a headless Kubernetes Service) stands for every address
+the name resolves to: each becomes a replica of its own (own channel, own `GetLoad` poll, own
+circuit breaker key), so load and prefix affinity see every pod. The name is resolved again every
+`resolve_s`: new addresses join, vanished ones retire, and a retired replica keeps its channel
+until the calls already running on it finish. An answer that fails or is empty keeps the last
+known replicas (with a log line): a DNS hiccup does not empty the pool. Plain `host:port`
+addresses are one replica each, as written.
 """
 
 from __future__ import annotations
@@ -23,8 +31,9 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import socket
 import struct
-from collections.abc import AsyncGenerator, Collection, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -32,14 +41,63 @@ from llmesh.common.v1 import generation_pb2 as gen_pb
 from llmesh.inference.v1 import inference_service_pb2 as pb
 from llmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
+from libs.runtime.channels import make_channel
+from libs.runtime.errors import Unavailable
 from services.router.backends import BackendRequest, GenDelta, Target
-from services.router.clients import channel as make_router_channel
 from services.router.clients import upstream_error
 from services.router.metrics import REPLICA_LOAD
 from services.router.registry import ModelSpec
 
 log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
+IDEMPOTENT = ("ListModels", "GetLoad")
+
+Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
+"""(host, port) -> the IP addresses the host resolves to."""
+
+
+async def resolve_host(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to, sorted: the IPv4 ones when there are any, else IPv6.
+
+    One family only, because a dual-stack pod has an address in each and must stay one replica.
+    """
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    v4 = {str(info[4][0]) for info in infos if info[0] == socket.AF_INET}
+    v6 = {str(info[4][0]) for info in infos if info[0] == socket.AF_INET6}
+    return sorted(v4 or v6)
+
+
+@dataclass(frozen=True)
+class DnsName:
+    """A `dns:///host:port` address: one replica per address the host resolves to."""
+
+    host: str
+    port: int
+
+    @property
+    def authority(self) -> str:
+        """`host:port`: the `:authority` of calls and the name TLS certificates are checked against."""
+        return f"{self.host}:{self.port}"
+
+    def address(self, ip: str) -> str:
+        """The replica address for one resolved IP."""
+        return f"[{ip}]:{self.port}" if ":" in ip else f"{ip}:{self.port}"
+
+
+def parse_dns_name(addr: str) -> DnsName | None:
+    """The name to resolve for `dns:///host:port` (or `dns:host:port`); None for any other address."""
+    if not addr.startswith("dns:"):
+        return None
+    rest = addr.removeprefix("dns:")
+    if rest.startswith("//"):
+        authority, _, rest = rest[2:].partition("/")
+        if authority:
+            raise ValueError(f"{addr!r}: a DNS server in the address is not supported; use dns:///host:port")
+    host, sep, port = rest.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"{addr!r}: write a DNS inference address as dns:///host:port")
+    return DnsName(host, int(port))
 
 
 @dataclass(frozen=True)
@@ -88,6 +146,10 @@ class Replica:
     pending_at_poll: int = 0
     models: dict[str, str] = field(default_factory=dict)
     prefixes: dict[str, CachedPrefixes] = field(default_factory=dict)
+    source: DnsName | None = None
+    """The DNS name this replica was resolved from (None: an address given as is)."""
+    retired: bool = False
+    """Gone from DNS: offered to no new call, closed once its running calls finish."""
 
     @property
     def score(self) -> int:
@@ -115,6 +177,8 @@ class InferenceReplicas:
         addrs: Sequence[str],
         *,
         poll_s: float = 0.5,
+        resolve_s: float = 5.0,
+        resolver: Resolver = resolve_host,
         credentials: grpc.ChannelCredentials | None = None,
         affinity_slack: int = 2,
         affinity_min_tokens: int = 64,
@@ -122,22 +186,64 @@ class InferenceReplicas:
     ):
         if not addrs:
             raise ValueError("at least one inference replica address is needed")
-        self.replicas = [self._replica(f"inference-{i}", addr, credentials) for i, addr in enumerate(addrs)]
-        self._by_name = {r.name: r for r in self.replicas}
         self.poll_s = poll_s
+        self.resolve_s = resolve_s
         self.affinity_slack = affinity_slack
         self.affinity_min_tokens = affinity_min_tokens
         self.prefix_digests_per_poll = prefix_digests_per_poll
+        self._resolver = resolver
+        self._credentials = credentials
+        self.replicas: list[Replica] = []
+        """The replicas new calls may go to, in the order they joined."""
+        self._by_name: dict[str, Replica] = {}
+        """Every replica whose channel is open: the serving ones and retired ones still busy."""
+        self._names: list[DnsName] = []
+        self._closing: set[asyncio.Task[None]] = set()
+        for i, addr in enumerate(addrs):
+            name = parse_dns_name(addr)
+            if name is None:
+                self._join(f"inference-{i}", addr, None)
+            elif name not in self._names:
+                self._names.append(name)
         self._task: asyncio.Task[None] | None = None
         self._rr = itertools.count()
 
-    @staticmethod
-    def _replica(name: str, addr: str, credentials: grpc.ChannelCredentials | None) -> Replica:
-        channel = make_router_channel(addr, SERVICE, ["ListModels", "GetLoad"], credentials)
-        return Replica(name=name, addr=addr, stub=pb_grpc.InferenceServiceStub(channel), channel=channel)
+    def _join(self, name: str, addr: str, source: DnsName | None) -> None:
+        known = self._by_name.get(name)
+        if known is not None:  # back in DNS before its last call finished
+            known.retired = False
+            self.replicas.append(known)
+            return
+        channel = make_channel(
+            addr,
+            SERVICE,
+            idempotent_methods=IDEMPOTENT,
+            credentials=self._credentials,
+            authority=source.authority if source else None,
+        )
+        r = Replica(
+            name=name, addr=addr, stub=pb_grpc.InferenceServiceStub(channel), channel=channel, source=source
+        )
+        self.replicas.append(r)
+        self._by_name[name] = r
+
+    def _retire(self, r: Replica) -> None:
+        self.replicas.remove(r)
+        r.retired = True
+        REPLICA_LOAD.remove(r.name)
+        if r.pending == 0:
+            self._close(r)
+
+    def _close(self, r: Replica) -> None:
+        del self._by_name[r.name]
+        task = asyncio.create_task(r.channel.close(), name=f"close-{r.name}")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def start(self) -> None:
-        """First poll (failures are fine: the replica is marked unreachable), then poll in the background."""
+        """Resolve DNS names and poll once (failures are fine: the replica is marked unreachable),
+        then do both in the background."""
+        await self.resolve_once()
         await self.poll_once()
         self._task = asyncio.create_task(self._poll_forever(), name="inference-load-poll")
 
@@ -147,17 +253,61 @@ class InferenceReplicas:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for r in self.replicas:
+        for r in list(self._by_name.values()):
             await r.channel.close()
+        self._by_name.clear()
+        self.replicas.clear()
+        if self._closing:
+            await asyncio.gather(*self._closing)
 
     async def _poll_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        resolve_at = loop.time() + self.resolve_s
         while True:
             await asyncio.sleep(self.poll_s)
+            if self._names and loop.time() >= resolve_at:
+                await self.resolve_once()
+                # With no replica at all, ask again at the polling pace rather than waiting.
+                resolve_at = loop.time() + (self.resolve_s if self.replicas else self.poll_s)
             await self.poll_once()
+
+    async def resolve_once(self) -> None:
+        """Resolve every DNS name: new addresses join, vanished ones retire."""
+        for name in self._names:
+            try:
+                ips = await asyncio.wait_for(self._resolver(name.host, name.port), self._resolve_timeout)
+            except (OSError, UnicodeError, TimeoutError) as exc:
+                log.warning(
+                    "inference replicas not resolved; keeping the last known ones",
+                    extra={"fields": {"name": name.authority, "error": str(exc) or type(exc).__name__}},
+                )
+                continue
+            if not ips:
+                log.warning(
+                    "inference replicas resolved to no address; keeping the last known ones",
+                    extra={"fields": {"name": name.authority}},
+                )
+                continue
+            wanted = {name.address(ip) for ip in ips}
+            current = {r.addr: r for r in self.replicas if r.source == name}
+            for addr in sorted(wanted - current.keys()):
+                self._join(f"inference-{addr}", addr, name)
+                log.info("inference replica joined", extra={"fields": {"name": name.authority, "addr": addr}})
+            for addr in sorted(current.keys() - wanted):
+                r = current[addr]
+                log.info(
+                    "inference replica left; retiring it",
+                    extra={"fields": {"name": name.authority, "addr": addr, "running_calls": r.pending}},
+                )
+                self._retire(r)
+
+    @property
+    def _resolve_timeout(self) -> float:
+        return max(0.5, min(2.0, self.resolve_s))
 
     async def poll_once(self) -> None:
         """Ask every replica for its load (and its models when they are not known yet)."""
-        await asyncio.gather(*(self._poll(r) for r in self.replicas))
+        await asyncio.gather(*(self._poll(r) for r in list(self.replicas)))
 
     async def _poll(self, r: Replica) -> None:
         timeout = max(0.2, min(1.0, 2 * self.poll_s))
@@ -170,12 +320,14 @@ class InferenceReplicas:
                 pb.GetLoadRequest(max_prefix_digests=self.prefix_digests_per_poll), timeout=timeout
             )
         except grpc.aio.AioRpcError as err:
-            if r.reachable:
+            if r.reachable and not r.retired:
                 log.warning(
                     "inference replica unreachable",
                     extra={"fields": {"replica": r.name, "addr": r.addr, "code": err.code().name}},
                 )
             r.reachable = False
+            return
+        if r.retired:
             return
         if not r.reachable:
             log.info("inference replica reachable again", extra={"fields": {"replica": r.name}})
@@ -249,7 +401,9 @@ class InferenceReplicas:
         self, spec: ModelSpec, target: Target, request: BackendRequest, timeout_s: float
     ) -> AsyncGenerator[GenDelta, None]:
         """GenerateStream on one replica; closing the iterator cancels the call (freeing its slot)."""
-        r = self._by_name[target.name]
+        r = self._by_name.get(target.name)
+        if r is None:
+            raise Unavailable(f"inference {target.name} has left", reason="REPLICA_GONE")
         call = r.stub.GenerateStream(
             pb.GenerateStreamRequest(
                 model=spec.upstream_model,
@@ -274,3 +428,5 @@ class InferenceReplicas:
         finally:
             r.pending -= 1
             call.cancel()
+            if r.retired and r.pending == 0 and self._by_name.get(r.name) is r:
+                self._close(r)

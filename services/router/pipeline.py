@@ -135,7 +135,7 @@ class Pipeline:
         except InvalidArgument:
             raise
         except LlmeshError as exc:
-            if key.safety_fail_mode != "open":
+            if not self._fails_open(key):
                 raise Unavailable(
                     f"input safety screening is unavailable ({exc.message}); this API key fails closed, "
                     "so the request was not run; retry later",
@@ -147,6 +147,11 @@ class Pipeline:
                 extra={"fields": {"request_id": request_id, "key_id": key.key_id, "error": exc.message}},
             )
             return None
+
+    def _fails_open(self, key: KeyRecord) -> bool:
+        """Whether to serve unscreened when safety is down: the key's setting, else its tenant's
+        (both resolved by the key store), else the router's."""
+        return (key.safety_fail_mode or self.cfg.safety_fail_mode) == "open"
 
     @staticmethod
     def _admit_input(screened: safety_pb.ScreenInputResponse | None, audit: RequestAudit) -> None:
@@ -405,7 +410,7 @@ class Pipeline:
                 tenant=key.tenant,
                 request_id=request_id,
                 restore=restore,
-                fail_open=key.safety_fail_mode == "open" or screened is None,
+                fail_open=self._fails_open(key) or screened is None,
                 chunk_timeout_s=self.cfg.safety_timeout_s,
                 stream_timeout_s=max(deadline.remaining(), 0.001),
                 on_wait=lambda waited: _add_step(audit, "output_safety", waited),

@@ -84,7 +84,10 @@ def build_server(settings: RouterSettings) -> GrpcService:
         safety = SafetyClient(settings.safety_addr, creds)
         cache = CacheClient(settings.cache_addr, creds)
         replicas = InferenceReplicas(
-            settings.inference_targets, poll_s=settings.load_poll_s, credentials=creds
+            settings.inference_targets,
+            poll_s=settings.load_poll_s,
+            resolve_s=settings.inference_resolve_s,
+            credentials=creds,
         )
         openai = OpenAIBackend()
         await replicas.start()

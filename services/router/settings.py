@@ -22,7 +22,10 @@ class RouterSettings(ServiceSettings):
     safety_addr: str = Field("127.0.0.1:50053", description="Safety service address (host:port).")
     cache_addr: str = Field("127.0.0.1:50054", description="Cache service address (host:port).")
     inference_addrs: str = Field(
-        "127.0.0.1:50055", description="Inference replicas, comma-separated host:port list."
+        "127.0.0.1:50055",
+        description="Inference replicas, comma-separated host:port list. `dns:///name:port` stands for "
+        "every address the name resolves to (a headless Service: one replica per pod), re-resolved every "
+        "inference_resolve_s.",
     )
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
@@ -82,6 +85,12 @@ class RouterSettings(ServiceSettings):
     )
     load_poll_s: float = Field(
         0.5, gt=0, description="How often each inference replica's GetLoad is polled, seconds."
+    )
+    inference_resolve_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often `dns:///` inference addresses are resolved again, seconds: new pods join, "
+        "vanished ones retire once their running calls finish.",
     )
 
     max_inflight: int = Field(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from llmesh.common.v1 import generation_pb2 as gen_pb
 from llmesh.safety.v1 import safety_service_pb2 as safety_pb
 
 from libs.keys import KeyRecord
+from libs.keys.store import FailModeSetting
 from libs.runtime.errors import InvalidArgument, Unavailable
 from services.router.accounting import Reservation
 from services.router.backends import GenDelta, Target
@@ -260,6 +262,33 @@ async def test_safety_down_for_a_closed_key_fails_without_inference() -> None:
         await asyncio.wait_for(run(pipeline, "hello"), 5)
     assert err.value.reason == "SAFETY_UNAVAILABLE"
     assert "inference" not in log.events
+
+
+@pytest.mark.parametrize(
+    ("router_default", "key_mode", "served"),
+    [
+        ("closed", "", False),  # nothing set anywhere: closed
+        ("open", "", True),  # the router's default applies to a key (and tenant) without one
+        ("open", "closed", False),  # the key's (or its tenant's, resolved by the key store) wins
+        ("closed", "open", True),
+    ],
+)
+async def test_fail_mode_comes_from_the_key_then_the_router(
+    router_default: str, key_mode: FailModeSetting, served: bool
+) -> None:
+    pipeline, log, _, safety, _ = build(Unavailable("safety: connection refused"))
+    pipeline.cfg = replace(pipeline.cfg, safety_fail_mode=router_default)
+    safety.release.set()
+    key = replace(KEY, safety_fail_mode=key_mode)
+    run = pipeline.generate(request("hello"), key, Deadline(10), "r1")
+    if served:
+        events = [e async for e in run]
+        assert isinstance(events[-1], Finished) and events[-1].route.safety == "unscreened"
+        assert "inference" in log.events
+    else:
+        with pytest.raises(Unavailable, match="fails closed"):
+            await anext(run)
+        assert "inference" not in log.events
 
 
 async def test_tokenizer_failure_cancels_the_pending_screening() -> None:
