@@ -18,6 +18,7 @@ import tritonclient.grpc.aio as triton
 from tokenizers import Tokenizer
 from tritonclient.utils import InferenceServerException
 
+from libs.runtime.channels import channel_options
 from libs.runtime.errors import InvalidArgument, ResourceExhausted, Unavailable
 from services.inference.backends import ModelCard
 from services.inference.generation import Delta, FinishReason, GenerationRequest, Usage
@@ -26,6 +27,7 @@ from services.inference.prefix_cache import PrefixCache
 from services.inference.text_stream import IncrementalDetokenizer, StopMatcher
 
 log = logging.getLogger("llmesh.inference.triton")
+TRITON_SERVICE = "inference.GRPCInferenceService"
 _FINISH = {1: FinishReason.STOP, 2: FinishReason.LENGTH}
 
 
@@ -58,7 +60,9 @@ class TritonBackend:
         self._running = 0
 
     async def start(self) -> None:
-        self._client = triton.InferenceServerClient(self.url)
+        # Round robin over every Triton pod a headless Service name resolves to (dns:///triton:8001).
+        options = channel_options(TRITON_SERVICE, idempotent_methods=("ModelReady", "ModelConfig"))
+        self._client = triton.InferenceServerClient(self.url, channel_args=options)
         deadline = time.monotonic() + self.ready_timeout_s
         while True:
             try:
