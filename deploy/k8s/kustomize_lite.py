@@ -8,9 +8,11 @@ or inline `patch`, optionally with a `target` of kind/name/labelSelector), `name
 (`pairs`, `includeTemplates`), `images` (`newName`, `newTag`, `digest`), `replicas` and
 `configMapGenerator` (`files`, with `options.disableNameSuffixHash: true`). Anything
 else is an error rather than being ignored, so the output matches what `kubectl kustomize` would
-print for these folders. Strategic merge follows the Kubernetes rules for the lists used here:
-containers, env, ports, volumes, volumeMounts and similar lists merge by `name`; a list item or
-key set to `$patch: delete` / null is removed; other lists are replaced.
+print for these folders. Strategic merge follows the Kubernetes rules (each field's
+patchMergeKey) for the lists used here: containers, env, volumes and imagePullSecrets merge by
+`name`, volumeMounts by `mountPath`, a container's ports by `containerPort` and a Service's by
+`port`; a list item or key set to `$patch: delete` / null is removed; other lists (NetworkPolicy
+ports among them) are replaced.
 """
 
 from __future__ import annotations
@@ -39,16 +41,17 @@ KNOWN_KEYS = {
     "replicas",
     "configMapGenerator",
 }
-# Lists whose items carry a unique `name` and merge by it (Kubernetes patchMergeKey = name).
-MERGE_BY_NAME = {
-    "containers",
-    "initContainers",
-    "env",
-    "volumes",
-    "volumeMounts",
-    "ports",
-    "imagePullSecrets",
+# Lists merged item by item, and the field identifying an item (Kubernetes patchMergeKey).
+MERGE_KEYS = {
+    "containers": "name",
+    "initContainers": "name",
+    "env": "name",
+    "volumes": "name",
+    "volumeMounts": "mountPath",
+    "imagePullSecrets": "name",
 }
+# `ports` depends on what holds it: a container (containerPort) or a Service's spec (port).
+PORTS_MERGE_KEYS = {"containers": "containerPort", "initContainers": "containerPort", "spec": "port"}
 CLUSTER_SCOPED = {
     "Namespace",
     "ClusterRole",
@@ -63,31 +66,43 @@ class KustomizeError(ValueError):
     """The kustomization uses something this renderer does not support, or is inconsistent."""
 
 
-def strategic_merge(base: Any, patch: Any, key: str = "") -> Any:
-    """Merge `patch` into a copy of `base` with the strategic-merge rules listed in the module doc."""
+def merge_key(key: str, parent: str) -> str | None:
+    """The field list `key` (inside the field `parent`) merges its items by, or None to replace it."""
+    if key == "ports":
+        return PORTS_MERGE_KEYS.get(parent)
+    return MERGE_KEYS.get(key)
+
+
+def strategic_merge(base: Any, patch: Any, key: str = "", parent: str = "") -> Any:
+    """Merge `patch` into a copy of `base` with the strategic-merge rules listed in the module doc.
+
+    `key` is the field holding `base` and `parent` the field holding that one (list items count as
+    held by their list's field).
+    """
     if isinstance(base, dict) and isinstance(patch, dict):
         out = copy.deepcopy(base)
         for k, v in patch.items():
             if v is None:
                 out.pop(k, None)
             elif k in out:
-                out[k] = strategic_merge(out[k], v, k)
+                out[k] = strategic_merge(out[k], v, k, key)
             else:
                 out[k] = _strip_directives(copy.deepcopy(v))
         return out
-    if isinstance(base, list) and isinstance(patch, list) and key in MERGE_BY_NAME:
+    by = merge_key(key, parent)
+    if isinstance(base, list) and isinstance(patch, list) and by is not None:
         out_list = copy.deepcopy(base)
-        index = {item.get("name"): i for i, item in enumerate(out_list) if isinstance(item, dict)}
+        index = {item.get(by): i for i, item in enumerate(out_list) if isinstance(item, dict)}
         for item in patch:
-            name = item.get("name") if isinstance(item, dict) else None
-            if name is None:
-                raise KustomizeError(f"list {key!r} merges by name, but a patch item has none: {item}")
+            ident = item.get(by) if isinstance(item, dict) else None
+            if ident is None:
+                raise KustomizeError(f"list {key!r} merges by {by}, but a patch item has none: {item}")
             deleting = item.get("$patch") == "delete"
-            if name in index:
+            if ident in index:
                 if deleting:
-                    out_list[index[name]] = None
+                    out_list[index[ident]] = None
                 else:
-                    out_list[index[name]] = strategic_merge(out_list[index[name]], item, key)
+                    out_list[index[ident]] = strategic_merge(out_list[index[ident]], item, key, parent)
             elif not deleting:
                 out_list.append(_strip_directives(copy.deepcopy(item)))
         return [i for i in out_list if i is not None]

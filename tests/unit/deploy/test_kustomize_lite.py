@@ -42,6 +42,45 @@ def test_merge_by_name_requires_names(kustomize: ModuleType) -> None:
         kustomize.strategic_merge({"x": {"env": [{"name": "A"}]}}, {"x": {"env": [{"value": "v"}]}})
 
 
+def test_container_ports_merge_by_container_port(kustomize: ModuleType) -> None:
+    base = {"containers": [{"name": "s", "ports": [{"name": "grpc", "containerPort": 50051}]}]}
+    renamed = kustomize.strategic_merge(
+        base, {"containers": [{"name": "s", "ports": [{"name": "grpc-tls", "containerPort": 50051}]}]}
+    )
+    assert renamed["containers"][0]["ports"] == [{"name": "grpc-tls", "containerPort": 50051}]
+    moved = kustomize.strategic_merge(
+        base, {"containers": [{"name": "s", "ports": [{"name": "grpc", "containerPort": 50061}]}]}
+    )
+    assert moved["containers"][0]["ports"] == [
+        {"name": "grpc", "containerPort": 50051},
+        {"name": "grpc", "containerPort": 50061},
+    ], "a different containerPort is another port, whatever its name"
+    with pytest.raises(kustomize.KustomizeError, match="containerPort"):
+        kustomize.strategic_merge(base, {"containers": [{"name": "s", "ports": [{"name": "grpc"}]}]})
+
+
+def test_service_ports_merge_by_port_and_mounts_by_path(kustomize: ModuleType) -> None:
+    service = {"spec": {"ports": [{"name": "grpc", "port": 50051}, {"name": "metrics", "port": 9101}]}}
+    out = kustomize.strategic_merge(
+        service, {"spec": {"ports": [{"name": "grpc", "port": 50051, "appProtocol": "grpc"}]}}
+    )
+    assert out["spec"]["ports"] == [
+        {"name": "grpc", "port": 50051, "appProtocol": "grpc"},
+        {"name": "metrics", "port": 9101},
+    ]
+    pod = {"containers": [{"name": "s", "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]}]}
+    out = kustomize.strategic_merge(
+        pod, {"containers": [{"name": "s", "volumeMounts": [{"name": "scratch", "mountPath": "/tmp"}]}]}
+    )
+    assert out["containers"][0]["volumeMounts"] == [{"name": "scratch", "mountPath": "/tmp"}]
+
+
+def test_network_policy_ports_are_replaced(kustomize: ModuleType) -> None:
+    policy = {"spec": {"ingress": [{"ports": [{"port": 1}, {"port": 2}]}]}}
+    out = kustomize.strategic_merge(policy, {"spec": {"ingress": [{"ports": [{"port": 3}]}]}})
+    assert out["spec"]["ingress"] == [{"ports": [{"port": 3}]}]
+
+
 def _write(folder: Path, files: dict[str, object]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
