@@ -7,6 +7,7 @@ import importlib.util
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from libs.testing.process import ManagedProcess, free_port
@@ -43,12 +44,14 @@ def start_triton(
     metrics_port: int = 0,
     ready_model: str = "",
     timeout_s: float = 240,
+    launcher_args: Sequence[str] = (),
 ) -> tuple[ManagedProcess, int]:
     """Start tritonserver on the given (or free) ports; returns the process and its gRPC port once
-    the server (and `ready_model`, when named) is ready. Stop it with `process.stop()`."""
+    the server (and `ready_model`, when named) is ready. Stop it with `process.stop()`.
+    `launcher_args` go to `services.inference.triton_launcher` (e.g. another repository)."""
     grpc_port, http_port, metrics_port = (p or free_port() for p in (grpc_port, http_port, metrics_port))
     argv = [sys.executable, "-m", "services.inference.triton_launcher", f"--grpc-port={grpc_port}",
-            f"--http-port={http_port}", f"--metrics-port={metrics_port}"]  # fmt: skip
+            f"--http-port={http_port}", f"--metrics-port={metrics_port}", *launcher_args]  # fmt: skip
     proc = ManagedProcess(name="tritonserver", argv=argv, log_path=log_path, cwd=ROOT,
                           env={"PYTHONUNBUFFERED": "1"}).start()  # fmt: skip
     path = f"/v2/models/{ready_model}/ready" if ready_model else "/v2/health/ready"

@@ -45,6 +45,12 @@ class ModelBackend(Protocol):
     def queued(self) -> int: ...
 
     @property
+    def max_batch(self) -> int: ...
+
+    @property
+    def max_queue(self) -> int: ...
+
+    @property
     def prefix_cache(self) -> PrefixCache | None: ...
 
 
@@ -80,6 +86,14 @@ class EmbeddedBackend:
     @property
     def queued(self) -> int:
         return self.engine.queued
+
+    @property
+    def max_batch(self) -> int:
+        return self.engine.config.max_batch
+
+    @property
+    def max_queue(self) -> int:
+        return self.engine.config.max_queue
 
     @property
     def prefix_cache(self) -> PrefixCache | None:

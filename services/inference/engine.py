@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import secrets
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -22,13 +23,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
-from opentelemetry import trace
 from tokenizers import Tokenizer
 
-from libs.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
-from services.inference.generation import Delta, FinishReason, GenerationRequest, Usage
+from libs.runtime.errors import FailedPrecondition, ResourceExhausted, Unavailable
+from services.inference.generation import Delta, FinishReason, GenerationRequest, Usage, max_new_tokens
 from services.inference.kv_slots import KvSlots
-from services.inference.metrics import EngineMetrics
+from services.inference.metrics import EngineMetrics, RequestSpan
 from services.inference.model_info import ModelFolder
 from services.inference.prefix_cache import PrefixCache
 from services.inference.sampling import Sampler
@@ -51,7 +51,10 @@ class EngineConfig:
     prefills_per_step: int = 2
     # ONNX Runtime execution providers in priority order. The KV slots live in host memory, so
     # a GPU provider works but copies the cache each step; the CPU provider is what ships tested.
+    # A requested provider the session does not run on is logged and counted at start; with
+    # strict_providers the start fails instead.
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    strict_providers: bool = False
     # Prompt-prefix KV cache: tokens held (0 turns it off) and tokens per block.
     prefix_cache_tokens: int = 4096
     prefix_block_tokens: int = 16
@@ -74,9 +77,15 @@ class _Sequence:
     reused: int = 0
     last_token: int = 0
     batch: int = 1
+    step: int = 0
+    emitted: bool = False
     generated: list[int] = field(default_factory=list)
     cancelled: bool = False
     done: bool = False
+    gone: Callable[[], bool] | None = None
+
+    def caller_gone(self) -> bool:
+        return self.cancelled or (self.gone is not None and self.gone())
 
 
 class Ticket:
@@ -111,6 +120,12 @@ class Engine:
         self._kv: KvSlots | None = None
         self._tokenizer = Tokenizer.from_file(str(folder.path / "tokenizer.json"))
         self._service_s = 1.0
+        self._steps = 0
+        # Names this engine's step counter: responses relayed from several engines stay apart.
+        self.instance_id = secrets.randbits(63)
+        # Execution providers the session runs on, and requested ones it does not (set by start).
+        self.providers: tuple[str, ...] = ()
+        self.missing_providers: tuple[str, ...] = ()
         blocks = config.prefix_cache_tokens // config.prefix_block_tokens
         self.prefix_cache = PrefixCache(config.prefix_block_tokens, blocks) if blocks > 0 else None
 
@@ -124,6 +139,7 @@ class Engine:
         self._session = ort.InferenceSession(
             str(self.folder.graph), opts, providers=list(self.config.providers)
         )
+        self._check_providers(self._session.get_providers())
         self._kv = KvSlots(self.folder.layout, self.config.max_batch, self.context_length)
         self._forward(np.array([[self.folder.manifest.eos_token_ids[0]] * 4], np.int64), [4], 0)
         self._thread = threading.Thread(target=self._loop, name=f"engine-{self.name}", daemon=True)
@@ -131,6 +147,25 @@ class Engine:
         log.info(
             "engine %s ready: context %d, max batch %d", self.name, self.context_length, self.config.max_batch
         )
+
+    def _check_providers(self, active: list[str]) -> None:
+        """Log the providers the session runs on; a requested one it lacks is never silent."""
+        self.providers = tuple(active)
+        self.missing_providers = tuple(p for p in self.config.providers if p not in active)
+        self._metrics.providers(self.name, self.providers, self.missing_providers)
+        log.info(
+            "engine %s: ONNX Runtime runs on %s (requested %s)",
+            self.name, ",".join(active), ",".join(self.config.providers),
+        )  # fmt: skip
+        if self.missing_providers:
+            message = (
+                f"engine {self.name}: requested execution provider(s) {','.join(self.missing_providers)} "
+                f"not in use (this onnxruntime offers {','.join(ort.get_available_providers())}); "
+                f"running on {','.join(active)}"
+            )
+            if self.config.strict_providers:
+                raise FailedPrecondition(message)
+            log.warning(message)
 
     def stop(self) -> None:
         """Stop the loop; every queued or running request ends with an Unavailable error."""
@@ -161,32 +196,18 @@ class Engine:
 
     def validate(self, request: GenerationRequest) -> int:
         """Check a request against the model; return its max new tokens."""
-        request.sampling.validate()
-        prompt = request.prompt_token_ids
-        if not prompt:
-            raise InvalidArgument("prompt_token_ids is empty")
-        vocab = self.folder.layout.vocab_size
-        bad = [t for t in prompt if not 0 <= t < vocab]
-        if bad:
-            raise InvalidArgument(f"token id {bad[0]} outside the vocabulary [0, {vocab})")
-        room = self.context_length - len(prompt)
-        wanted = request.sampling.max_tokens
-        if wanted is None:
-            if room < 1:
-                raise InvalidArgument(
-                    f"prompt of {len(prompt)} tokens leaves no room in the context window of "
-                    f"{self.context_length} tokens"
-                )
-            return min(self.config.default_max_tokens, room)
-        if wanted > room:
-            raise InvalidArgument(
-                f"prompt ({len(prompt)} tokens) + max_tokens ({wanted}) exceeds the context window of "
-                f"{self.context_length} tokens"
-            )
-        return wanted
+        return max_new_tokens(
+            request, self.context_length, self.folder.layout.vocab_size, self.config.default_max_tokens
+        )
 
-    def submit(self, request: GenerationRequest, sink: Sink) -> Ticket:
-        """Queue a request; ``sink`` receives its deltas on the engine thread."""
+    def submit(
+        self, request: GenerationRequest, sink: Sink, gone: Callable[[], bool] | None = None
+    ) -> Ticket:
+        """Queue a request; ``sink`` receives its deltas on the engine thread.
+
+        ``gone`` tells whether the caller has left without cancelling its ticket (Triton's
+        response sender): such a request is dropped at admission instead of prefilled, and a full
+        queue drops those before refusing anyone."""
         max_new = self.validate(request)
         seq = _Sequence(
             request=request,
@@ -196,10 +217,13 @@ class Engine:
             detok=IncrementalDetokenizer(self._tokenizer),
             stops=StopMatcher(request.sampling.stop),
             submitted=time.perf_counter(),
+            gone=gone,
         )
         with self._cond:
             if self._stopping or not self.ready:
                 raise FailedPrecondition(f"model {self.name} is not running")
+            if len(self._pending) >= self.config.max_queue:
+                self._drop_gone()
             if len(self._pending) >= self.config.max_queue:
                 self._metrics.rejected.labels(self.name).inc()
                 waves = (len(self._pending) + len(self._running)) / self.config.max_batch
@@ -218,48 +242,30 @@ class Engine:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Delta] = asyncio.Queue()
         ticket = self.submit(request, lambda d: loop.call_soon_threadsafe(queue.put_nowait, d))
-        span = trace.get_current_span()
-        span.set_attribute("llmesh.model", self.name)
-        first = True
+        span = RequestSpan(self.name)
         finished = False
-        steps, batch_max, batch_sum = 0, 0, 0
         try:
             while True:
                 delta = await queue.get()
                 if delta.error is not None:
                     finished = True
                     raise delta.error
-                if first:
-                    first = False
-                    span.add_event("queue_wait", {"llmesh.queue_ms": delta.queue_ms})
-                    span.add_event(
-                        "prefill",
-                        {"llmesh.ttft_ms": delta.ttft_ms, "llmesh.prefix_reused_tokens": delta.cached_tokens},
-                    )
-                elif delta.token_ids:
-                    steps, batch_sum = steps + 1, batch_sum + delta.batch_size
-                    batch_max = max(batch_max, delta.batch_size)
-                    step = {"llmesh.batch_size": delta.batch_size, "llmesh.tokens": len(delta.token_ids)}
-                    span.add_event("decode_step", step)
-                if delta.finished:
-                    finished = True
-                    usage = delta.usage
-                    span.add_event(
-                        "decode",
-                        {
-                            "llmesh.completion_tokens": usage.completion_tokens if usage else 0,
-                            "llmesh.finish_reason": delta.finish_reason.value if delta.finish_reason else "",
-                            "llmesh.decode_steps": steps,
-                            "llmesh.batch_size_max": batch_max,
-                            "llmesh.batch_size_mean": round(batch_sum / steps, 2) if steps else 0.0,
-                        },
-                    )
+                span.record(delta)
+                finished = delta.finished
                 yield delta
                 if finished:
                     return
         finally:
             if not finished:
                 ticket.cancel()
+
+    def _drop_gone(self) -> None:
+        """Remove queued requests whose caller has gone (lock held)."""
+        for seq in [s for s in self._pending if s.caller_gone()]:
+            self._pending.remove(seq)
+            seq.done = True
+            self._metrics.finished.labels(self.name, FinishReason.CANCELLED.value).inc()
+        self._metrics.queued.labels(self.name).set(len(self._pending))
 
     def _cancel(self, seq: _Sequence) -> None:
         with self._cond:
@@ -303,6 +309,10 @@ class Engine:
         for seq in admitted:
             if seq.cancelled:
                 continue
+            if seq.caller_gone():
+                seq.done = True
+                self._metrics.finished.labels(self.name, FinishReason.CANCELLED.value).inc()
+                continue
             self._prefill(seq)
         if self._running:
             self._decode()
@@ -322,7 +332,7 @@ class Engine:
             assert kv is not None
             self.prefix_cache.insert(prompt, lambda start, stop: kv.read(slot, start, stop))
             self._metrics.prefix_cache_tokens.labels(self.name).set(self.prefix_cache.tokens)
-        seq.batch = 1
+        seq.batch, seq.step = 1, 0
         self._accept(seq, seq.sampler(logits[0, -1]))
 
     def _reuse_prefix(self, seq: _Sequence) -> int:
@@ -347,10 +357,11 @@ class Engine:
         self._metrics.batch_size.labels(self.name).observe(len(batch))
         ids = np.array([[s.last_token] for s in batch], np.int64)
         logits = self._forward(ids, [s.length + 1 for s in batch], 0)
+        self._steps += 1
         # Every row's cache grew by one before any sequence can leave and move slots.
         for seq in batch:
             seq.length += 1
-            seq.batch = len(batch)
+            seq.batch, seq.step = len(batch), self._steps
         for i, seq in enumerate(batch):
             self._accept(seq, seq.sampler(logits[i, -1]))
 
@@ -391,11 +402,12 @@ class Engine:
         elif len(seq.generated) >= seq.max_new:
             self._finish(seq, FinishReason.LENGTH, [token], text)
         else:
-            seq.sink(self._delta(seq, [token], text, first))
+            seq.sink(self._delta(seq, [token], text))
 
-    def _delta(self, seq: _Sequence, tokens: list[int], text: str, first: bool) -> Delta:
-        delta = Delta(tokens, text, batch_size=seq.batch)
-        if first:
+    def _delta(self, seq: _Sequence, tokens: list[int], text: str) -> Delta:
+        delta = Delta(tokens, text, batch_size=seq.batch, step=seq.step)
+        if not seq.emitted:
+            seq.emitted = delta.first = True
             delta.queue_ms = (seq.admitted - seq.submitted) * 1000
             delta.ttft_ms = seq.first_token_ms
             delta.cached_tokens = seq.reused
@@ -413,7 +425,7 @@ class Engine:
         self._service_s = 0.9 * self._service_s + 0.1 * elapsed
         if reason is FinishReason.CANCELLED:
             return
-        delta = self._delta(seq, tokens or [], text, first=len(seq.generated) <= 1)
+        delta = self._delta(seq, tokens or [], text)
         delta.finish_reason = reason
         delta.usage = Usage(len(seq.request.prompt_token_ids), len(seq.generated))
         seq.sink(delta)

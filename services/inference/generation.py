@@ -60,6 +60,36 @@ class GenerationRequest:
     request_id: str = ""
 
 
+def max_new_tokens(
+    request: GenerationRequest, context_length: int, vocab_size: int, default_max_tokens: int
+) -> int:
+    """Check a request against a model's window and vocabulary; return its max new tokens.
+
+    Every backend calls this, so a request is refused with the same message wherever it runs."""
+    request.sampling.validate()
+    prompt = request.prompt_token_ids
+    if not prompt:
+        raise InvalidArgument("prompt_token_ids is empty")
+    bad = [t for t in prompt if not 0 <= t < vocab_size]
+    if bad:
+        raise InvalidArgument(f"token id {bad[0]} outside the vocabulary [0, {vocab_size})")
+    room = context_length - len(prompt)
+    wanted = request.sampling.max_tokens
+    if wanted is None:
+        if room < 1:
+            raise InvalidArgument(
+                f"prompt of {len(prompt)} tokens leaves no room in the context window of "
+                f"{context_length} tokens"
+            )
+        return min(default_max_tokens, room)
+    if wanted > room:
+        raise InvalidArgument(
+            f"prompt ({len(prompt)} tokens) + max_tokens ({wanted}) exceeds the context window of "
+            f"{context_length} tokens"
+        )
+    return wanted
+
+
 @dataclass(frozen=True)
 class Usage:
     """Token counts of a finished request."""
@@ -83,7 +113,9 @@ class Delta:
     queue_ms: float = 0.0
     ttft_ms: float = 0.0
     batch_size: int = 0  # sequences in the engine step that produced it (1 for a prefill)
+    step: int = 0  # the engine's decode step that produced it (0 for a prefill)
     cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache (first delta only)
+    first: bool = False  # the request's first delta: it carries queue_ms, ttft_ms, cached_tokens
     error: Exception | None = None
 
     @property

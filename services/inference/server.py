@@ -25,7 +25,7 @@ def build_server(settings: InferenceSettings, registry: CollectorRegistry = REGI
     service = GrpcService(NAME, settings)
     service.add_servicer(
         pb_grpc.add_InferenceServiceServicer_to_server,
-        InferenceServicer(models, settings.max_batch, settings.max_queue),
+        InferenceServicer(models),
         pb.DESCRIPTOR.services_by_name["InferenceService"].full_name,
     )
     config = EngineConfig(
@@ -35,6 +35,7 @@ def build_server(settings: InferenceSettings, registry: CollectorRegistry = REGI
         max_context=settings.max_context,
         default_max_tokens=settings.default_max_tokens,
         providers=tuple(settings.provider_list),
+        strict_providers=settings.strict_providers,
         prefix_cache_tokens=settings.prefix_cache_tokens if settings.prefix_cache else 0,
         prefix_block_tokens=settings.prefix_block_tokens,
     )
@@ -43,13 +44,14 @@ def build_server(settings: InferenceSettings, registry: CollectorRegistry = REGI
         if not settings.model_names:
             raise RuntimeError("LLMESH_INFERENCE_MODELS is empty")
         backend = settings.resolved_backend
+        metrics = EngineMetrics(registry)
         if backend == "triton":
             from services.inference.triton_backend import TritonBackend
 
             for name in settings.model_names:
-                models.add(TritonBackend(settings.triton_url, model_folder(settings.models_dir, name)))
+                folder = model_folder(settings.models_dir, name)
+                models.add(TritonBackend(settings.triton_url, folder, metrics, settings.default_max_tokens))
         else:
-            metrics = EngineMetrics(registry)
             for name in settings.model_names:
                 models.add(EmbeddedBackend(model_folder(settings.models_dir, name), config, metrics))
         await models.start()

@@ -63,10 +63,8 @@ def _generation_request(request: pb.GenerateRequest | pb.GenerateStreamRequest) 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
     """Serves the model registry over gRPC."""
 
-    def __init__(self, registry: ModelRegistry, max_batch: int, max_queue: int) -> None:
+    def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
-        self.max_batch = max_batch
-        self.max_queue = max_queue
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -127,8 +125,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         out = pb.GetLoadResponse(
             running=sum(b.running for b in models),
             queued=sum(b.queued for b in models),
-            max_batch=self.max_batch * len(models),
-            max_queue=self.max_queue * len(models),
+            max_batch=sum(b.max_batch for b in models),
+            max_queue=sum(b.max_queue for b in models),
         )
         limit = min(request.max_prefix_digests, MAX_PREFIX_DIGESTS)
         for backend in models if limit > 0 else []:

@@ -42,6 +42,11 @@ class InferenceSettings(ServiceSettings):
         description="ONNX Runtime execution providers for the embedded engine, comma-separated in "
         "priority order (e.g. `CUDAExecutionProvider,CPUExecutionProvider` with onnxruntime-gpu).",
     )
+    strict_providers: bool = Field(
+        False,
+        description="Embedded engine: fail start-up when a requested execution provider is not in use "
+        "(else a warning and `llmesh_inference_execution_provider_missing`).",
+    )
     prefix_cache: bool = Field(
         True, description="Keep the KV of prompt prefixes and reuse it when a prompt starts the same way."
     )

@@ -3,9 +3,10 @@
 ``python -m services.inference.triton_launcher --grpc-port P --http-port Q --metrics-port R``
 copies the wheel's ``tritonserver/`` folder to ``build/triton/server`` (once, stamped), installs
 the python backend stub matching this interpreter, refreshes ``build/triton/model_repository``
-from ``deploy/triton/model_repository`` (adding a folder for each other served precision of a
-shipped model, derived from the shipped one), then replaces itself with tritonserver in the foreground
-(so a supervisor stops it by PID). The stub embeds this venv's Python: the venv's ``bin/`` goes
+from ``deploy/triton/model_repository`` (adding a folder, derived from a shipped one, for each
+other built model it is asked to serve, and applying ``--set key=value`` to the engine parameters
+of every model), then replaces itself with tritonserver in the foreground (so a supervisor stops
+it by PID). The stub embeds this venv's Python: the venv's ``bin/`` goes
 first on PATH and the base interpreter's ``lib/`` on LD_LIBRARY_PATH.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -52,8 +54,11 @@ def prepare(build_dir: Path, repository_src: Path) -> tuple[Path, Path]:
 
 def add_precisions(repository: Path, models_dir: Path, served: list[str]) -> list[str]:
     """Give every served `<name>-<precision>` that is built but has no model folder one derived
-    from the shipped folder of the same name (same python model; `name` and `llmesh_model`
-    rewritten), so Triton serves the same models as the embedded backend. Returns those added."""
+    from a shipped folder (same python model; `name` and `llmesh_model` rewritten): the shipped
+    folder of the same model name when there is one, else the first shipped one, so Triton serves
+    the same models as the embedded backend, a model built with `make model MODEL=...` included.
+    Returns those added."""
+    shipped = sorted(d for d in repository.iterdir() if (d / "config.pbtxt").exists())
     added = []
     for model in served:
         base, _, precision = model.rpartition("-")
@@ -61,18 +66,34 @@ def add_precisions(repository: Path, models_dir: Path, served: list[str]) -> lis
             models_dir / base / precision / "llmesh-model.json"
         ).exists():
             continue
-        template = next((d for d in sorted(repository.iterdir()) if d.name.startswith(f"{base}-")), None)
-        if template is None:
+        same = [d for d in shipped if d.name.startswith(f"{base}-")]
+        if not same and not shipped:
             continue
+        template = (same or shipped)[0]
         shutil.copytree(template, repository / model)
         config = repository / model / "config.pbtxt"
         text = config.read_text()
         text = text.replace(f'name: "{template.name}"', f'name: "{model}"', 1)
-        old_dir = template.name.replace(f"{base}-", f"{base}/", 1)
+        t_base, _, t_precision = template.name.rpartition("-")
+        old_dir = f"{t_base}/{t_precision}"
         text = text.replace(f'string_value: "{old_dir}"', f'string_value: "{base}/{precision}"', 1)
         config.write_text(text)
         added.append(model)
     return added
+
+
+def set_parameters(repository: Path, values: dict[str, str]) -> None:
+    """Set string parameters (``max_batch``, ``max_queue``, ``max_context``...) in every model's
+    config.pbtxt; a key a config does not declare is an error."""
+    for config in sorted(repository.glob("*/config.pbtxt")):
+        text = config.read_text()
+        for key, value in values.items():
+            pattern = re.compile(rf'(key:\s*"{re.escape(key)}"\s*value:\s*\{{\s*string_value:\s*")[^"]*(")')
+            escaped = value.replace("\\", "\\\\")
+            text, n = pattern.subn(rf"\g<1>{escaped}\g<2>", text)
+            if n != 1:
+                raise SystemExit(f"{config} has no parameter {key!r}")
+        config.write_text(text)
 
 
 def server_env(models_dir: Path) -> dict[str, str]:
@@ -104,10 +125,21 @@ def main(argv: list[str] | None = None) -> None:
         default=os.environ.get("LLMESH_INFERENCE_MODELS", "smollm2-135m-int8,smollm2-135m-fp32"),
         help="`<name>-<precision>` models to serve (default: LLMESH_INFERENCE_MODELS, as inference)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set an engine parameter of every model (max_batch, max_queue, threads, max_context)",
+    )
     parser.add_argument("--log-verbose", type=int, default=0)
     args = parser.parse_args(argv)
+    if any("=" not in item for item in args.set):
+        parser.error("--set takes KEY=VALUE")
+    overrides = dict(item.split("=", 1) for item in args.set)
     server, repository = prepare(args.build_dir, args.repository)
     add_precisions(repository, args.models_dir, [m.strip() for m in args.models.split(",") if m.strip()])
+    set_parameters(repository, overrides)
     binary = server / "bin" / "tritonserver"
     cmd = [
         str(binary),

@@ -5,7 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from services.inference.triton_launcher import add_precisions
+import pytest
+
+from services.inference.triton_launcher import add_precisions, set_parameters
 from tests.models import MODELS, REPO, ensure_int8
 
 
@@ -27,3 +29,26 @@ def test_other_precisions_get_a_derived_model_folder(tmp_path: Path) -> None:
     assert (repo / "smollm2-135m-fp32" / "1" / "model.py").read_text() == (
         repo / "smollm2-135m-int8" / "1" / "model.py"
     ).read_text()
+
+
+def test_a_model_of_another_name_is_served_from_the_shipped_folder(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "deploy" / "triton" / "model_repository", repo)
+    models = tmp_path / "models"
+    (models / "tiny-llama" / "int4").mkdir(parents=True)
+    (models / "tiny-llama" / "int4" / "llmesh-model.json").write_text("{}")
+    assert add_precisions(repo, models, ["tiny-llama-int4"]) == ["tiny-llama-int4"]
+    config = (repo / "tiny-llama-int4" / "config.pbtxt").read_text()
+    assert 'name: "tiny-llama-int4"' in config and 'string_value: "tiny-llama/int4"' in config
+    assert "smollm2" not in config.split("name:", 1)[1]
+
+
+def test_set_parameters_rewrites_every_model_and_refuses_unknown_keys(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "deploy" / "triton" / "model_repository", repo)
+    set_parameters(repo, {"max_batch": "4", "max_queue": "2"})
+    config = (repo / "smollm2-135m-int8" / "config.pbtxt").read_text()
+    assert 'key: "max_batch"\n    value: { string_value: "4" }' in config
+    assert 'key: "max_queue"\n    value: { string_value: "2" }' in config
+    with pytest.raises(SystemExit, match="no_such"):
+        set_parameters(repo, {"no_such": "1"})

@@ -2,6 +2,9 @@
 
 ``execute`` hands each request to the engine and returns at once; the engine thread streams one
 response per token through the request's response sender and closes it with the FINAL flag.
+Tensors and errors are read and written by ``services.inference.triton_wire``, which the Triton
+backend of the inference service reads back. The engine's Prometheus metrics stay in this process
+(a private registry): the inference service records the same names for the requests it sends.
 """
 
 from __future__ import annotations
@@ -11,22 +14,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 from prometheus_client import CollectorRegistry
 
 from libs.runtime.errors import LlmeshError
+from services.inference import triton_wire
 from services.inference.engine import Engine, EngineConfig, Ticket
-from services.inference.generation import Delta, FinishReason, GenerationRequest, SamplingConfig
+from services.inference.generation import Delta
 from services.inference.metrics import EngineMetrics
 from services.inference.model_info import ModelFolder
-
-_FINISH = {None: 0, FinishReason.STOP: 1, FinishReason.LENGTH: 2, FinishReason.CANCELLED: 0}
-
-
-def _scalar(request: Any, name: str) -> Any:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else tensor.as_numpy().reshape(-1)[0].item()
 
 
 class TritonPythonModel:
@@ -55,23 +51,22 @@ class TritonPythonModel:
             try:
                 self._submit(request, sender)
             except LlmeshError as exc:
-                error = pb_utils.TritonError(f"{exc.reason}: {exc.message}")
-                sender.send(
-                    pb_utils.InferenceResponse(error=error),
-                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
-                )
+                self._fail(sender, exc)
         return None
 
-    def _submit(self, request: Any, sender: Any) -> None:
-        prompt = pb_utils.get_input_tensor_by_name(request, "prompt_token_ids").as_numpy().reshape(-1)
-        max_tokens = _scalar(request, "max_tokens")
-        sampling = SamplingConfig(
-            temperature=float(_scalar(request, "temperature") or 0.0),
-            top_p=float(_scalar(request, "top_p") or 1.0),
-            top_k=int(_scalar(request, "top_k") or 0),
-            max_tokens=int(max_tokens) if max_tokens else None,
-            seed=_scalar(request, "seed"),
+    @staticmethod
+    def _fail(sender: Any, exc: BaseException) -> None:
+        error = pb_utils.TritonError(triton_wire.encode_error(exc))
+        sender.send(
+            pb_utils.InferenceResponse(error=error), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         )
+
+    def _submit(self, request: Any, sender: Any) -> None:
+        def tensor(name: str) -> Any:
+            found = pb_utils.get_input_tensor_by_name(request, name)
+            return None if found is None else found.as_numpy()
+
+        req = triton_wire.request_from_tensors(tensor, request.request_id())
         ticket: list[Ticket] = []
 
         def sink(delta: Delta) -> None:
@@ -80,21 +75,18 @@ class TritonPythonModel:
                     ticket[0].cancel()
                 return
             if delta.error is not None:
-                error = pb_utils.TritonError(str(delta.error))
-                sender.send(
-                    pb_utils.InferenceResponse(error=error),
-                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
-                )
+                self._fail(sender, delta.error)
                 return
             outputs = [
-                pb_utils.Tensor("token_ids", np.asarray(delta.token_ids, np.int32)),
-                pb_utils.Tensor("finish_reason", np.asarray([_FINISH[delta.finish_reason]], np.int32)),
+                pb_utils.Tensor(name, value)
+                for name, value in triton_wire.response_tensors(
+                    delta, self.engine.instance_id, self.engine.providers
+                )
             ]
             flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if delta.finished else 0
             sender.send(pb_utils.InferenceResponse(output_tensors=outputs), flags=flags)
 
-        req = GenerationRequest(tuple(int(t) for t in prompt), sampling, request.request_id())
-        ticket.append(self.engine.submit(req, sink))
+        ticket.append(self.engine.submit(req, sink, sender.is_cancelled))
 
     def finalize(self) -> None:
         self.engine.stop()
