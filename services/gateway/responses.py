@@ -41,6 +41,8 @@ def route(r: pb.RouteInfo) -> dict[str, Any]:
         "safety": r.safety,
         "trace_id": r.trace_id,
         "cost_usd": r.cost_usd,
+        "output_safety": r.output_safety,
+        "output_blocked_reason": r.output_blocked_reason,
     }
 
 

@@ -114,6 +114,8 @@ class Route:
     safety: str = ""
     trace_id: str = ""
     cost_usd: float = 0.0
+    output_safety: str = ""
+    output_blocked_reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -435,6 +435,7 @@ class Pipeline:
                 await gen.aclose()
                 screener.close()
             audit.findings.extend(screener.findings)
+            route.output_safety, route.output_blocked_reason = screener.outcome, screener.block_reason
             completion = usage.completion_tokens if usage is not None else audit.completion_tokens
             prompt_used = usage.prompt_tokens if usage is not None and usage.prompt_tokens else prompt_tokens
             final_usage = gen_pb.Usage(

@@ -82,6 +82,9 @@ class OutputScreener:
         self._released: list[str] = []
         self.bypassed = False
         self.findings: list[str] = []
+        # The strictest outcome so far: "allow", "redact", "block" or "unscreened" (failed open).
+        self.outcome = "allow"
+        self.block_reason = ""
 
     # -- the writer ----------------------------------------------------------------------------
     async def _write(self, request: safety_pb.ScreenOutputRequest) -> None:
@@ -152,6 +155,7 @@ class OutputScreener:
                 reason="SAFETY_UNAVAILABLE",
             ) from exc
         self.bypassed = True
+        self.outcome = "unscreened"
         self.close()
         SAFETY_FAIL_OPEN.labels("output").inc()
         log.warning(
@@ -166,9 +170,11 @@ class OutputScreener:
         if resp.action == safety_pb.ACTION_BLOCK:
             SAFETY_BLOCKED.labels("output").inc()
             self.close()
-            return Released(
-                text="", blocked=True, reason=resp.reason or "output blocked by the safety policy"
-            )
+            self.outcome = "block"
+            self.block_reason = resp.reason or "output blocked by the safety policy"
+            return Released(text="", blocked=True, reason=self.block_reason)
+        if resp.action == safety_pb.ACTION_REDACT:
+            self.outcome = "redact"
         self._answered_raw.append(sent.text)
         self._released.append(resp.text)
         return Released(text=resp.text)

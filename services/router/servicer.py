@@ -45,6 +45,8 @@ def _route_info(route: Route) -> pb.RouteInfo:
         safety=route.safety,
         trace_id=route.trace_id,
         cost_usd=route.cost_usd,
+        output_safety=route.output_safety,
+        output_blocked_reason=route.output_blocked_reason,
     )
 
 

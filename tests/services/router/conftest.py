@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml
 from llmesh.common.v1 import generation_pb2 as gen_pb
 from llmesh.router.v1 import router_service_pb2 as pb
 from llmesh.router.v1 import router_service_pb2_grpc as pb_grpc
@@ -17,6 +18,7 @@ from llmesh.router.v1 import router_service_pb2_grpc as pb_grpc
 from libs.keys import KeyStore
 from libs.launch.mesh import Mesh, MeshConfig
 
+ROOT = Path(__file__).resolve().parents[3]
 ROUTER_ENV = {
     "LLMESH_ROUTER_BREAKER_FAILURES": "3",
     "LLMESH_ROUTER_BREAKER_OPEN_S": "1.0",
@@ -26,15 +28,33 @@ ROUTER_ENV = {
 }
 
 
+# Tenants added to the shipped safety policy for these tests: e-mail addresses pass input
+# screening untouched, and are blocked / redacted in the output.
+TEST_TENANTS = {
+    "output-block": {"input": {"EMAIL": {"action": "allow"}}, "output": {"EMAIL": {"action": "block"}}},
+    "output-redact": {"input": {"EMAIL": {"action": "allow"}}, "output": {"EMAIL": {"action": "redact"}}},
+}
+
+
+def safety_policy(workdir: Path) -> Path:
+    """The shipped policy plus TEST_TENANTS, written into workdir."""
+    doc = yaml.safe_load((ROOT / "services" / "safety" / "policy.yaml").read_text())
+    doc["tenants"] = {**(doc.get("tenants") or {}), **TEST_TENANTS}
+    path = workdir / "safety-policy.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
 def start_mesh(workdir: Path, inference_replicas: int = 1, router_replicas: int = 2) -> Mesh:
     """The mesh without Envoy or the gateway (the router is reached over gRPC directly)."""
+    workdir.mkdir(parents=True, exist_ok=True)
     cfg = MeshConfig(
         workdir=workdir,
         with_envoy=False,
         with_gateway=False,
         inference_replicas=inference_replicas,
         router_replicas=router_replicas,
-        env={"router": ROUTER_ENV},
+        env={"router": ROUTER_ENV, "safety": {"LLMESH_SAFETY_POLICY_FILE": str(safety_policy(workdir))}},
     )
     return Mesh(cfg).start()
 

@@ -139,7 +139,7 @@ async def test_releases_what_safety_released_in_order_and_closes_cleanly() -> No
     first = screen.requests[0]
     assert (first.tenant, first.request_id, dict(first.restore)) == ("acme", "r1", {"[EMAIL_1]": "a@b.c"})
     assert screen.done and not screen.cancelled
-    assert not s.bypassed
+    assert not s.bypassed and s.outcome == "allow" and not s.block_reason
     # The generation ran to its end after the last chunk (it was not closed from outside).
     assert gen.exhausted
 
@@ -171,6 +171,7 @@ async def test_block_releases_nothing_more_and_stops_the_generation() -> None:
     gen = Generation(["safe words ", "my KEY ", "more ", "and more ", "text"])
     out = await asyncio.wait_for(collect(s, gen), 5)
     assert out[-1].blocked and out[-1].reason == "key"
+    assert s.outcome == "block" and s.block_reason == "key"
     assert "".join(r.text for r in out) == "safe words "
     assert screen.cancelled and not screen.done
     assert gen.closed
@@ -182,7 +183,7 @@ async def test_fail_open_releases_held_back_and_unanswered_text_unscreened() -> 
     s = screener(screen, fail_open=True)
     out = await asyncio.wait_for(collect(s, Generation(["alpha be", "ta gamma", " delta"])), 5)
     assert "".join(r.text for r in out) == "alpha beta gamma delta"
-    assert s.bypassed and screen.cancelled
+    assert s.bypassed and screen.cancelled and s.outcome == "unscreened"
 
 
 async def test_fail_closed_raises_unavailable() -> None:
