@@ -57,6 +57,7 @@ class TokenizerClient:
             target,
             _full_name(tok_pb.DESCRIPTOR, "TokenizerService"),
             ["Encode", "ApplyChatTemplate", "CountTokens"],
+            credentials,
         )
         self.stub = tok_grpc.TokenizerServiceStub(self.channel)
 
@@ -135,6 +136,7 @@ class SafetyClient:
             target,
             _full_name(safety_pb.DESCRIPTOR, "SafetyService"),
             ["ScreenInput", "ScreenText", "GetPolicy"],
+            credentials,
         )
         self.stub = safety_grpc.SafetyServiceStub(self.channel)
 
@@ -163,7 +165,7 @@ class CacheClient:
     def __init__(self, target: str, credentials: grpc.ChannelCredentials | None = None):
         self.target = target
         self.channel = channel(
-            target, _full_name(cache_pb.DESCRIPTOR, "CacheService"), ["Lookup", "GetStats"]
+            target, _full_name(cache_pb.DESCRIPTOR, "CacheService"), ["Lookup", "GetStats"], credentials
         )
         self.stub = cache_grpc.CacheServiceStub(self.channel)
 

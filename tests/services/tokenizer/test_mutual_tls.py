@@ -15,6 +15,7 @@ from llmesh.tokenizer.v1 import tokenizer_service_pb2_grpc as pb_grpc
 from libs.runtime.channels import make_channel
 from libs.runtime.settings import ServiceSettings
 from libs.runtime.tls import channel_credentials, server_credentials
+from services.router.clients import TokenizerClient
 from services.tokenizer.server import build_server
 from services.tokenizer.settings import TokenizerSettings
 
@@ -78,6 +79,22 @@ async def test_mutual_tls_admits_only_ca_signed_callers(pki: Path) -> None:
                 )
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
+        await service.stop(grace_s=1)
+
+
+async def test_the_routers_client_uses_the_credentials_it_is_given(pki: Path) -> None:
+    """The router builds its tokenizer, safety and cache clients with its TLS settings: a client
+    that dropped them would speak plaintext to a TLS-only service and fail."""
+    service = build_server(
+        TokenizerSettings(port=0, metrics_port=-1, models_dir=MODELS, **_tls(pki, "tokenizer"))
+    )
+    await service.start()
+    target = f"localhost:{service.port}"
+    client = TokenizerClient(target, channel_credentials(ServiceSettings(**_tls(pki, "router"))))
+    try:
+        assert await client.encode("smollm2-135m", "over TLS", timeout_s=10)
+    finally:
+        await client.close()
         await service.stop(grace_s=1)
 
 
