@@ -99,13 +99,8 @@ def _image_pin_skips() -> list[Any]:
         for key, value in (res["metadata"].get("annotations") or {}).items():
             if key.startswith("checkov.io/skip") and value.startswith("CKV_K8S_43="):
                 name = res["metadata"]["name"]
-                marks = (
-                    [pytest.mark.xfail(strict=True, reason="base/redis.yaml keeps the old justification")]
-                    if name.startswith("redis")
-                    else []
-                )
                 images = [c["image"] for c in pod_spec(res)["containers"]]
-                out.append(pytest.param(name, value, images, marks=marks, id=name))
+                out.append(pytest.param(name, value, images, id=name))
     return out
 
 
