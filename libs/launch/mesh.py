@@ -173,7 +173,7 @@ class Mesh:
                     **self._common_env("gateway"),
                     "LLMESH_GATEWAY_PORT": str(self._port("gateway")),
                     "LLMESH_GATEWAY_METRICS_PORT": str(self._port("gateway-metrics")),
-                    "LLMESH_GATEWAY_ROUTER_ADDR": self.addr(router_names[0]),
+                    "LLMESH_GATEWAY_ROUTER_ADDR": ",".join(self.addr(n) for n in router_names),
                     **c.env.get("gateway", {}),
                 },
             )

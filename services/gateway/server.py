@@ -153,7 +153,7 @@ class GatewayService:
         """Open the router channel, bind HTTP and metrics ports."""
         s = self.settings
         self._channel = make_channel(
-            s.router_addr,
+            s.router_target,
             ROUTER_SERVICE,
             idempotent_methods=("ListModels", "GetUsage"),
             credentials=channel_credentials(s),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -15,7 +17,11 @@ class GatewaySettings(ServiceSettings):
 
     port: int = Field(8081, ge=0, le=65535, description="HTTP port; 0 picks a free port.")
     metrics_port: int = Field(9106, ge=-1, le=65535, description="Prometheus port; 0 = free port, -1 = off.")
-    router_addr: str = Field("127.0.0.1:50051", description="Router gRPC address (host:port).")
+    router_addr: str = Field(
+        "127.0.0.1:50051",
+        description="Router gRPC address (host:port), or several IP addresses comma-separated "
+        "(host:port,host:port); calls go round robin over every router.",
+    )
     generate_timeout_s: float = Field(
         300.0, gt=0, description="Deadline of a non-streaming completion call to the router, seconds."
     )
@@ -35,7 +41,41 @@ class GatewaySettings(ServiceSettings):
     @field_validator("router_addr")
     @classmethod
     def _addr(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError("expected host:port")
+        router_target(value)
         return value
+
+    @property
+    def router_target(self) -> str:
+        """The gRPC target naming every router address."""
+        return router_target(self.router_addr)
+
+
+def _ip_family(host: str) -> str:
+    try:
+        address = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return ""
+    return f"ipv{address.version}"
+
+
+def router_target(addrs: str) -> str:
+    """The gRPC target for `host:port[,host:port...]`; raises ValueError on a malformed list.
+
+    One address is used as given (a DNS name resolving to several routers is balanced too); more
+    than one must be IP literals of one family, the only way a gRPC target lists addresses:
+    `ipv4:10.0.0.1:50051,10.0.0.2:50051`.
+    """
+    parts = [a.strip() for a in addrs.split(",")]
+    for part in parts:
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"expected host:port, got {part!r}")
+    if len(parts) == 1:
+        return parts[0]
+    families = {_ip_family(p.rpartition(":")[0]) for p in parts}
+    if len(families) != 1 or "" in families:
+        raise ValueError(
+            "several router addresses must all be IPv4 or all IPv6 literals (host:port,host:port); "
+            "give one DNS name that resolves to every router instead"
+        )
+    return f"{families.pop()}:{','.join(parts)}"
