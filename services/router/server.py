@@ -127,6 +127,7 @@ def build_server(settings: RouterSettings) -> GrpcService:
                 cache_semantic=settings.cache_semantic,
                 default_max_tokens=settings.default_max_tokens,
                 stream_chunk_chars=settings.stream_chunk_chars,
+                safety_fail_mode=settings.safety_fail_mode,
             ),
         )
         servicer.pipeline, servicer.keys, servicer.accounting = pipeline, keys, accounting

@@ -99,7 +99,7 @@ class RouterSettings(ServiceSettings):
     safety_fail_mode: str = Field(
         "closed",
         description='When safety is down: "closed" refuses (UNAVAILABLE), "open" proceeds with a log line '
-        "and a metric. A key's own safety_fail_mode wins.",
+        "and a metric. A key's own safety_fail_mode wins, then its tenant's (`llmesh tenants set`).",
     )
     stream_chunk_chars: int = Field(
         24, gt=0, description="Characters per chunk when a cached answer is replayed as a stream."

@@ -1,13 +1,16 @@
-"""Safety down: each key's fail mode decides. `closed` (the default) refuses with 503 and says
-why; `open` serves the request unscreened and says so in the route."""
+"""Safety down: the key's fail mode decides, else its tenant's, else the router's. `closed` (the
+default) refuses with 503 and says why; `open` serves the request unscreened and says so in the
+route."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from libs.keys import KeyStore
 from libs.launch.mesh import Mesh, MeshConfig
 from tests.conftest import create_key
 
@@ -51,3 +54,21 @@ def test_fail_open_key_is_served_unscreened(mesh_without_safety: Mesh) -> None:
     data = r.json()
     assert data["choices"][0]["message"]["content"].strip()
     assert data["route"]["safety"] == "unscreened"
+
+
+def test_a_tenant_that_fails_open_serves_its_keys_unless_a_key_says_closed(mesh_without_safety: Mesh) -> None:
+    async def tenant_fails_open() -> None:
+        store = KeyStore.from_url(mesh_without_safety.redis_url)
+        try:
+            await store.set_tenant("lenient-tenant", safety_fail_mode="open")
+        finally:
+            await store.close()
+
+    asyncio.run(tenant_fails_open())
+    inheriting = create_key(mesh_without_safety.redis_url, "lenient-tenant")
+    strict = create_key(mesh_without_safety.redis_url, "lenient-tenant", safety_fail_mode="closed")
+    served = _chat(mesh_without_safety, inheriting)
+    assert served.status_code == 200, served.text
+    assert served.json()["route"]["safety"] == "unscreened"
+    refused = _chat(mesh_without_safety, strict)
+    assert refused.status_code == 503 and "fails closed" in refused.text
