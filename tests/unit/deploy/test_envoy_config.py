@@ -117,6 +117,8 @@ def test_routes_follow_the_edge_design(rendered: dict[str, list[dict[str, Any]]]
     }
     assert routes == {
         "/llmesh.router.v1.RouterService/": "router",
+        "/grpc.reflection.v1.ServerReflection/": "router",
+        "/grpc.reflection.v1alpha.ServerReflection/": "router",
         "/api/v1/": "router",
         "/v1/": "gateway",
         "/": None,
