@@ -29,11 +29,15 @@ def _f(x: float, digits: int = 1) -> str:
 
 
 def inference(d: Any) -> list[str]:
+    hf_tokens = d.get("transformers_tokens_per_request")
     out = [
         "**Inference engine** (`bench/inference.py`; tokens per request: "
         + ", ".join(f"{v} at c={k}" for k, v in d["tokens_per_request"].items())
+        + (f", {hf_tokens} for transformers" if hf_tokens else "")
         + "; TTFT = time from submission to the first token, ITL = time between consecutive tokens of "
-        "one request):",
+        "one request; triton rows run the same engine inside tritonserver with the same limits; "
+        "transformers serves one request at a time, so at c=4 a request's TTFT includes the ones "
+        "before it):",
         "",
         "| backend | concurrency | tok/s | ms/token | TTFT p50 / p99 ms | ITL p50 / p99 ms |",
         "|---|---:|---:|---:|---:|---:|",
@@ -49,10 +53,35 @@ def inference(d: Any) -> list[str]:
             f"| {r['backend']} | {r['concurrency']} | {_f(r['tok_per_s'])} | {_f(r['ms_per_token'], 2)} "
             f"| {ttft} | {itl} |"
         )
-    out += ["", "Quality per tier (teacher-forced on `bench/data/heldout.txt`):", "",
-            "| precision | top-1 agreement with fp32 | perplexity |", "|---|---:|---:|"]  # fmt: skip
-    for p, q in d["quality"].items():
+    if "quality" in d:
+        out += ["", "Quality per tier (teacher-forced on `bench/data/heldout.txt`):", "",
+                "| precision | top-1 agreement with fp32 | perplexity |", "|---|---:|---:|"]  # fmt: skip
+    for p, q in d.get("quality", {}).items():
         out.append(f"| {p} | {q['top1_agreement_vs_fp32']:.3f} | {q['perplexity']:.2f} |")
+    agreement = d.get("batch_agreement")
+    if agreement:
+        out += batch_agreement(agreement)
+    return out
+
+
+def batch_agreement(a: Any) -> list[str]:
+    out = [
+        "",
+        f"Greedy output across batch compositions (engine; {a['prompts']} prompts, "
+        f"{a['tokens_per_request']} tokens each, decoded alone vs inside batches of other prompts; "
+        "token agreement counts the positions equal to the alone run):",
+        "",
+        "| precision | composition | sequences identical | token agreement | mean first divergence |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for precision, by_name in a["results"].items():
+        for name, r in by_name.items():
+            first = r["first_divergence_mean"]
+            first_cell = "—" if first != first else f"token {first:.0f}"
+            out.append(
+                f"| {precision} | {name} | {r['sequences_identical']:.3f} | {r['token_agreement']:.3f} "
+                f"| {first_cell} |"
+            )
     return out
 
 
