@@ -8,15 +8,18 @@ configured and cannot be built, start-up fails instead of running without traces
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Iterable, Sequence
+import random
+from collections.abc import Iterable, Iterator, Sequence
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 log = logging.getLogger(__name__)
 _provider: TracerProvider | None = None
@@ -85,3 +88,21 @@ def current_trace_id() -> str:
     """The current trace id as 32 hex digits, or '' outside a trace."""
     ctx = trace.get_current_span().get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+
+@contextlib.contextmanager
+def untraced() -> Iterator[None]:
+    """Calls made inside record no spans here or downstream: background polls (load reports,
+    model lists) would otherwise add a root trace every half second and bury the requests.
+
+    The calls run under a valid but unsampled parent, so the client span is dropped and the
+    `traceparent` they carry tells every callee not to sample either (parent-based sampling).
+    """
+    parent = SpanContext(
+        trace_id=random.getrandbits(128) or 1,
+        span_id=random.getrandbits(64) or 1,
+        is_remote=False,
+        trace_flags=TraceFlags(TraceFlags.DEFAULT),
+    )
+    with trace.use_span(NonRecordingSpan(parent), end_on_exit=False):
+        yield

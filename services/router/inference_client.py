@@ -41,6 +41,7 @@ from llmesh.common.v1 import generation_pb2 as gen_pb
 from llmesh.inference.v1 import inference_service_pb2 as pb
 from llmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
+from libs.runtime import telemetry
 from libs.runtime.channels import make_channel
 from libs.runtime.errors import Unavailable
 from services.router.backends import BackendRequest, GenDelta, Target
@@ -312,13 +313,14 @@ class InferenceReplicas:
     async def _poll(self, r: Replica) -> None:
         timeout = max(0.2, min(1.0, 2 * self.poll_s))
         try:
-            if not r.reachable or not r.models:
-                listed = await r.stub.ListModels(pb.ListModelsRequest(), timeout=timeout)
-                r.models = {m.name: f"{m.name}@{m.version}" for m in listed.models}
-            pending = r.pending
-            load = await r.stub.GetLoad(
-                pb.GetLoadRequest(max_prefix_digests=self.prefix_digests_per_poll), timeout=timeout
-            )
+            with telemetry.untraced():
+                if not r.reachable or not r.models:
+                    listed = await r.stub.ListModels(pb.ListModelsRequest(), timeout=timeout)
+                    r.models = {m.name: f"{m.name}@{m.version}" for m in listed.models}
+                pending = r.pending
+                load = await r.stub.GetLoad(
+                    pb.GetLoadRequest(max_prefix_digests=self.prefix_digests_per_poll), timeout=timeout
+                )
         except grpc.aio.AioRpcError as err:
             if r.reachable and not r.retired:
                 log.warning(

@@ -329,3 +329,13 @@ def test_trace_cli_renders_a_mesh_trace(
     assert out.splitlines()[0].startswith(f"trace {trace_id}")
     assert all(f" {service}: " in out for service in CORE), out
     assert sum(1 for line in out.splitlines() if line.count("|") >= 2) == len(spans)
+
+
+def test_background_load_polls_leave_no_traces(traced_mesh: Mesh, key: str, receiver: OtlpReceiver) -> None:
+    """The router polls every inference replica's load twice a second; those polls must not
+    bury the requests in Jaeger. A request's own spans still arrive (the receiver works)."""
+    r = _chat(traced_mesh, key, _question())
+    assert r.status_code == 200, r.text
+    _trace(receiver, r.headers["x-llmesh-trace-id"], CORE)
+    polls = [s for s in receiver.spans() if s.name.endswith(("/GetLoad", "/ListModels"))]
+    assert polls == [], _explain(polls)
