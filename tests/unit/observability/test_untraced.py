@@ -10,8 +10,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from libs.runtime import telemetry
 
 
-def sampled(traceparent: str) -> bool:
-    return bool(int(traceparent.rsplit("-", 1)[1], 16) & 1)
+def sampled(traceparent: str | bytes) -> bool:
+    text = traceparent.decode() if isinstance(traceparent, bytes) else traceparent
+    return bool(int(text.rsplit("-", 1)[1], 16) & 1)
 
 
 def test_spans_inside_untraced_are_not_recorded_and_traceparent_says_unsampled() -> None:
