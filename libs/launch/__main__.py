@@ -59,9 +59,11 @@ def check_redis(url: str) -> None:
 def describe_backend(up: UpConfig, mesh: Mesh) -> str:
     """The banner line saying what serves the model."""
     if up.mesh.with_triton:
+        n, extra = up.mesh.inference_replicas, up.mesh.embedded_replicas
+        embedded = f" + {extra} embedded ONNX Runtime replica{'s' if extra > 1 else ''}" if extra else ""
         return (
-            f"inference: Triton (bundled tritonserver, gRPC {mesh.addr('triton-grpc')}; "
-            "LLMESH_TRITON=0 serves in-process instead)"
+            f"inference: {n} replica{'s' if n > 1 else ''} through Triton (bundled tritonserver, gRPC "
+            f"{mesh.addr('triton-grpc')}){embedded}; LLMESH_TRITON=0 serves in-process only"
         )
     why = "LLMESH_TRITON=0" if up.triton_setting != "auto" else "tritonserver is not installed"
     return f"inference: embedded ONNX Runtime engine in the inference process ({why})"

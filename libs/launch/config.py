@@ -113,6 +113,7 @@ def from_env(env: Mapping[str, str], *, triton_available: bool) -> UpConfig:
         notes.append(f"port {ports['redis']} is taken (another Redis?): the mesh's Redis gets a free port")
         ports["redis"] = 0
     triton = env.get("LLMESH_TRITON", "auto")
+    with_triton = triton_wanted(triton, triton_available)
     cfg = MeshConfig(
         workdir=Path(env.get("LLMESH_RUN_DIR", "").strip() or "build/run"),
         envoy_port=port,
@@ -120,7 +121,10 @@ def from_env(env: Mapping[str, str], *, triton_available: bool) -> UpConfig:
         ports={**ports, "envoy": port, "envoy-admin": admin},
         inference_replicas=_int(env, "REPLICAS_INFERENCE", 1, 1, 16),
         router_replicas=_int(env, "REPLICAS_ROUTER", 1, 1, 16),
-        with_triton=triton_wanted(triton, triton_available),
+        with_triton=with_triton,
+        # With Triton, one more replica runs the engine in-process: both engines serve out of the
+        # box, and the router retries on the embedded replica when Triton fails.
+        embedded_replicas=_int(env, "LLMESH_EMBEDDED_REPLICAS", 1 if with_triton else 0, 0, 16),
         redis_url=redis_url,
         otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip(),
         envoy_base_id=_int(env, "LLMESH_ENVOY_BASE_ID", 0, 0, 2**31 - 1),

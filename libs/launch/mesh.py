@@ -64,6 +64,9 @@ class MeshConfig:
     with_envoy: bool = True
     with_gateway: bool = True
     with_triton: bool = False
+    embedded_replicas: int = 0
+    """Inference replicas after the first `inference_replicas` that run the model in-process even
+    when Triton serves the others (so one mesh has both engines, as `make up` does)."""
     redis_url: str = ""
     otlp_endpoint: str = ""
     envoy_base_id: int = 0
@@ -136,16 +139,16 @@ class Mesh:
     def _start_all(self) -> None:
         c = self.cfg
         self.redis_url = c.redis_url or self._start_redis()
-        inference_names = [f"inference-{i}" for i in range(c.inference_replicas)]
+        inference_names = [f"inference-{i}" for i in range(c.inference_replicas + c.embedded_replicas)]
         router_names = [f"router-{i}" for i in range(c.router_replicas)]
         if c.with_triton:
             self._start_triton()
         self._service("tokenizer", "tokenizer", {})
         self._service("safety", "safety", {})
         self._service("cache", "cache", {"LLMESH_CACHE_REDIS_URL": self.redis_url})
-        for name in inference_names:
-            extra = {}
-            if c.with_triton:
+        for i, name in enumerate(inference_names):
+            extra = {"LLMESH_INFERENCE_BACKEND": "embedded"}
+            if c.with_triton and i < c.inference_replicas:
                 extra = {
                     "LLMESH_INFERENCE_BACKEND": "triton",
                     "LLMESH_INFERENCE_TRITON_URL": self.addr("triton-grpc"),

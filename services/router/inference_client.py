@@ -52,6 +52,8 @@ from services.router.registry import ModelSpec
 log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
 IDEMPOTENT = ("ListModels", "GetLoad")
+# Registry backends that ask for one engine on the inference replicas.
+ENGINES = ("triton", "embedded")
 
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 """(host, port) -> the IP addresses the host resolves to."""
@@ -101,6 +103,12 @@ def parse_dns_name(addr: str) -> DnsName | None:
     return DnsName(host, int(port))
 
 
+def _is(r: Replica, addr: str) -> bool:
+    """Whether replica `r` is (or was resolved from) the configured address `addr`."""
+    name = parse_dns_name(addr)
+    return r.source == name if name is not None else r.source is None and r.addr == addr
+
+
 @dataclass(frozen=True)
 class CachedPrefixes:
     """The prefix-cache blocks one replica reported for one model."""
@@ -146,6 +154,8 @@ class Replica:
     pending: int = 0
     pending_at_poll: int = 0
     models: dict[str, str] = field(default_factory=dict)
+    engines: dict[str, str] = field(default_factory=dict)
+    """Model -> the engine serving it there ("embedded" or "triton"), from ListModels."""
     prefixes: dict[str, CachedPrefixes] = field(default_factory=dict)
     source: DnsName | None = None
     """The DNS name this replica was resolved from (None: an address given as is)."""
@@ -200,7 +210,7 @@ class InferenceReplicas:
         """Every replica whose channel is open: the serving ones and retired ones still busy."""
         self._names: list[DnsName] = []
         self._closing: set[asyncio.Task[None]] = set()
-        for i, addr in enumerate(addrs):
+        for i, addr in enumerate(dict.fromkeys(addrs)):
             name = parse_dns_name(addr)
             if name is None:
                 self._join(f"inference-{i}", addr, None)
@@ -317,6 +327,7 @@ class InferenceReplicas:
                 if not r.reachable or not r.models:
                     listed = await r.stub.ListModels(pb.ListModelsRequest(), timeout=timeout)
                     r.models = {m.name: f"{m.name}@{m.version}" for m in listed.models}
+                    r.engines = {m.name: m.backend for m in listed.models}
                 pending = r.pending
                 load = await r.stub.GetLoad(
                     pb.GetLoadRequest(max_prefix_digests=self.prefix_digests_per_poll), timeout=timeout
@@ -349,7 +360,7 @@ class InferenceReplicas:
         first among those whose load is within `affinity_slack` of the least loaded.
         """
         model = spec.upstream_model
-        serving = [r for r in self.replicas if not r.models or model in r.models]
+        serving = [r for r in self.replicas if self._serves(r, spec, model)]
         start = next(self._rr)
         n = len(serving)
         ordered = [
@@ -361,6 +372,17 @@ class InferenceReplicas:
         if prompt_token_ids:
             ordered = self._prefer_cached_prefix(ordered, model, prompt_token_ids)
         return [r.target for r in ordered]
+
+    @staticmethod
+    def _serves(r: Replica, spec: ModelSpec, model: str) -> bool:
+        """Whether `r` may take `spec`: one of its replicas (when the registry names them), listing
+        the model (or not having said yet), through the engine the registry asks for."""
+        if spec.replicas and not any(_is(r, addr) for addr in spec.replicas):
+            return False
+        if r.models and model not in r.models:
+            return False
+        engine = r.engines.get(model)
+        return spec.backend not in ENGINES or engine is None or engine == spec.backend
 
     def _prefer_cached_prefix(
         self, ordered: list[Replica], model: str, prompt_token_ids: Sequence[int]

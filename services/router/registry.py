@@ -19,6 +19,10 @@ from libs.runtime.errors import NotFound, PermissionDenied
 
 AUTO = "auto"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_REPLICA_ADDR = re.compile(r"^(?:dns:///)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$")
+# Backends served by llmesh inference replicas: any engine, or only replicas that serve the model
+# through that engine (each replica's ListModels says which).
+INFERENCE_BACKENDS = ("llmesh", "triton", "embedded")
 
 
 class RegistryError(ValueError):
@@ -34,8 +38,13 @@ class ModelSpec(BaseModel):
     """Public model name."""
     aliases: tuple[str, ...] = ()
     """Other names that resolve to this model."""
-    backend: Literal["llmesh", "openai"] = "llmesh"
-    """`llmesh`: our inference replicas; `openai`: an OpenAI-compatible HTTP endpoint."""
+    backend: Literal["llmesh", "triton", "embedded", "openai"] = "llmesh"
+    """`llmesh`: our inference replicas, whatever their engine; `triton` / `embedded`: only the
+    replicas that serve this model through Triton / in-process ONNX Runtime; `openai`: an
+    OpenAI-compatible HTTP endpoint (vLLM, a hosted API)."""
+    replicas: tuple[str, ...] = ()
+    """Inference replicas (`host:port` or `dns:///name:port`) that serve this model; empty: every
+    replica in LLMESH_ROUTER_INFERENCE_ADDRS that lists it."""
     backend_model: str = ""
     """Model name the backend knows; defaults to `name`."""
     base_url: str = ""
@@ -67,13 +76,32 @@ class ModelSpec(BaseModel):
             )
         return value
 
+    @field_validator("replicas")
+    @classmethod
+    def _replica_addrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for addr in value:
+            if not _REPLICA_ADDR.match(addr):
+                raise ValueError(f"{addr!r} is not an inference address: write host:port or dns:///name:port")
+        return value
+
     @model_validator(mode="after")
     def _backend_fields(self) -> ModelSpec:
-        if self.backend == "openai" and not self.base_url:
-            raise ValueError("backend 'openai' needs base_url (the API root, e.g. http://host:8000/v1)")
-        if self.backend == "llmesh" and (self.base_url or self.api_key_env):
-            raise ValueError("backend 'llmesh' takes no base_url/api_key_env (replicas come from settings)")
+        if self.backend == "openai":
+            if not self.base_url:
+                raise ValueError("backend 'openai' needs base_url (the API root, e.g. http://host:8000/v1)")
+            if self.replicas:
+                raise ValueError("backend 'openai' takes no replicas (its endpoint is base_url)")
+        elif self.base_url or self.api_key_env:
+            raise ValueError(
+                f"backend {self.backend!r} takes no base_url/api_key_env "
+                "(it runs on llmesh inference replicas)"
+            )
         return self
+
+    @property
+    def on_inference_replicas(self) -> bool:
+        """Whether llmesh inference replicas serve this model (not an HTTP upstream)."""
+        return self.backend in INFERENCE_BACKENDS
 
     @property
     def upstream_model(self) -> str:
@@ -85,7 +113,7 @@ class ModelSpec(BaseModel):
         """The tokenizer-service model name, or '' when tokens are only estimated."""
         if self.tokenizer:
             return self.tokenizer
-        return self.name if self.backend == "llmesh" else ""
+        return self.name if self.on_inference_replicas else ""
 
     def api_key(self) -> str:
         """The API key read from `api_key_env` now ('' when unset)."""
@@ -127,6 +155,10 @@ class ModelRegistry:
                     )
                 if target.name == spec.name:
                     raise RegistryError(f"model {spec.name!r}: lists itself as a fallback")
+
+    def replica_addrs(self) -> list[str]:
+        """Every inference address a model names, in registry order, each once."""
+        return list(dict.fromkeys(a for spec in self.models for a in spec.replicas))
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "<string>") -> ModelRegistry:

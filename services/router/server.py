@@ -30,7 +30,7 @@ from services.router.limits import RateLimiter
 from services.router.metrics import BREAKER_STATE, BREAKER_STORE_FALLBACK
 from services.router.openai_backend import OpenAIBackend
 from services.router.pipeline import Pipeline, PipelineConfig
-from services.router.registry import ModelRegistry
+from services.router.registry import INFERENCE_BACKENDS, ModelRegistry
 from services.router.retry_budget import RetryBudget
 from services.router.servicer import RouterServicer
 from services.router.settings import RouterSettings
@@ -84,7 +84,7 @@ def build_server(settings: RouterSettings) -> GrpcService:
         safety = SafetyClient(settings.safety_addr, creds)
         cache = CacheClient(settings.cache_addr, creds)
         replicas = InferenceReplicas(
-            settings.inference_targets,
+            [*settings.inference_targets, *registry.replica_addrs()],
             poll_s=settings.load_poll_s,
             resolve_s=settings.inference_resolve_s,
             credentials=creds,
@@ -102,7 +102,8 @@ def build_server(settings: RouterSettings) -> GrpcService:
             on_store_error=BREAKER_STORE_FALLBACK.inc,
             store_errors=(RedisError,),
         )
-        backends: dict[str, Backend] = {"llmesh": replicas, "openai": openai}
+        backends: dict[str, Backend] = {name: replicas for name in INFERENCE_BACKENDS}
+        backends["openai"] = openai
         accounting = Accounting(redis)
         pipeline = Pipeline(
             registry=registry,

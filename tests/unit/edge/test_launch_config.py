@@ -64,6 +64,16 @@ def test_unset_triton_follows_availability_in_the_mesh_config() -> None:
     assert from_env({"LLMESH_TRITON": "0"}, triton_available=True).mesh.with_triton is False
 
 
+def test_with_triton_one_embedded_replica_serves_beside_it_unless_told_otherwise() -> None:
+    both = from_env({"LLMESH_REDIS_PORT": "0"}, triton_available=True).mesh
+    assert (both.inference_replicas, both.embedded_replicas) == (1, 1)
+    only = from_env({"LLMESH_REDIS_PORT": "0", "LLMESH_EMBEDDED_REPLICAS": "0"}, triton_available=True).mesh
+    assert only.embedded_replicas == 0
+    assert from_env({"LLMESH_TRITON": "0"}, triton_available=True).mesh.embedded_replicas == 0
+    with pytest.raises(ConfigError, match="LLMESH_EMBEDDED_REPLICAS"):
+        from_env({"LLMESH_EMBEDDED_REPLICAS": "many"}, triton_available=True)
+
+
 def test_dev_key_is_checked_without_echoing_it() -> None:
     assert dev_key({}) is None
     assert dev_key({"LLMESH_DEV_API_KEY": GOOD_KEY}) == GOOD_KEY

@@ -112,3 +112,30 @@ def test_llmesh_backend_refuses_http_fields() -> None:
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="cannot read model registry"):
         ModelRegistry.load(tmp_path / "absent.yaml")
+
+
+def test_engine_backends_and_replicas() -> None:
+    reg = ModelRegistry.from_yaml(
+        BASE.replace(
+            "tier: 1", "tier: 1\n    backend: triton\n    replicas: [dns:///inference-gpu:50055]"
+        ).replace(
+            "tier: 2",
+            "tier: 2\n    backend: embedded\n    replicas: ['10.0.0.7:50055', dns:///inference-gpu:50055]",
+        )
+    )
+    small, big = reg.get("small"), reg.get("big")
+    assert (small.backend, big.backend) == ("triton", "embedded")
+    assert small.on_inference_replicas and small.tokenizer_model == "small"
+    assert reg.replica_addrs() == ["dns:///inference-gpu:50055", "10.0.0.7:50055"]
+    with pytest.raises(RegistryError, match="not an inference address"):
+        ModelRegistry.from_yaml(BASE.replace("tier: 1", "tier: 1\n    replicas: ['http://x:1']"))
+    with pytest.raises(RegistryError, match="takes no replicas"):
+        ModelRegistry.from_yaml(
+            BASE.replace(
+                "tier: 1", "tier: 1\n    backend: openai\n    base_url: http://x/v1\n    replicas: [a:1]"
+            )
+        )
+    with pytest.raises(RegistryError, match="takes no base_url"):
+        ModelRegistry.from_yaml(
+            BASE.replace("tier: 1", "tier: 1\n    backend: triton\n    base_url: http://x")
+        )
