@@ -18,6 +18,8 @@ from services.inference.model_info import ModelFolder
 from services.inference.triton_backend import TritonBackend
 
 ASKED = ("CUDAExecutionProvider", "CPUExecutionProvider")
+# ONNX Runtime's own warning about the provider this machine lacks is what these tests provoke.
+pytestmark = pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")
 Chat = Callable[[str], tuple[int, ...]]
 
 
