@@ -121,6 +121,15 @@ def safety(d: Any) -> list[str]:
         f"| {c['threshold']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} |"
         for c in d["classifier_test"]
     ]
+    tox = d.get("toxicity_test")
+    if tox:
+        out += ["", f"Toxicity ({tox['model']}) on the {tox['rows']} labelled rows of "
+                f"`services/safety/data/{tox['sample']}`:", "",
+                "| threshold | precision | recall | F1 |", "|---:|---:|---:|---:|"]  # fmt: skip
+        out += [
+            f"| {c['threshold']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} |"
+            for c in tox["results"]
+        ]
     return out
 
 

@@ -40,6 +40,21 @@ def found(text: str) -> list[tuple[str, str]]:
             "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
         ),
         ("api_key=9f8e7d6c5b4a39281706f5e4", "SECRET", "9f8e7d6c5b4a39281706f5e4"),
+        (
+            "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "AWS_SECRET_KEY",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        ),
+        (
+            "the value Zq8vN2pX7rT4mK9wB3yL6hF1sD5gJ0cV is what broke",
+            "SECRET",
+            "Zq8vN2pX7rT4mK9wB3yL6hF1sD5gJ0cV",
+        ),
+        (
+            "digest 3f9a1c7e5b2d8046a1f3c5e7b9d2046813579bdf0a2c4e6f",
+            "SECRET",
+            "3f9a1c7e5b2d8046a1f3c5e7b9d2046813579bdf0a2c4e6f",
+        ),
         ("Authorization: Bearer abcDEF123456ghiJKL789", "BEARER_TOKEN", "abcDEF123456ghiJKL789"),
     ],
 )
@@ -61,6 +76,11 @@ def test_detects(text: str, kind: str, value: str) -> None:
         "born on 31/02/1990",
         "path /usr/local/lib/python3.11/site-packages and uuid 550e8400-e29b-41d4-a716-446655440000",
         "a..b@example.com is not an address",
+        # long ordinary tokens: identifiers, a repeated pattern, long words, paths
+        "see InternationalizationConfigurationManager and transformers_modeling_utils",
+        "ababababababababababababababababababab",
+        "antidisestablishmentarianism pneumonoultramicroscopic",
+        "src/services/router/inference_client.py",
     ],
 )
 def test_rejects_look_alikes(text: str) -> None:
