@@ -115,12 +115,24 @@ def safety(d: Any) -> list[str]:
     ]
     out = ["**Safety** (`bench/safety.py`):", "", "| measure | p50 ms | p99 ms |", "|---|---:|---:|"]
     out += [f"| {name} | {v['p50']:.2f} | {v['p99']:.2f} |" for name, v in rows]
-    out += ["", "Injection classifier on the held-out split:", "",
-            "| threshold | precision | recall | F1 |", "|---:|---:|---:|---:|"]  # fmt: skip
-    out += [
-        f"| {c['threshold']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} |"
-        for c in d["classifier_test"]
-    ]
+    other = {c["threshold"]: c for c in d.get("classifier_test_neuralchemy", [])}
+    held = d.get("classifier_held_out_benign")
+    refused = {r["threshold"]: r["share"] for r in held["refused"]} if held else {}
+    out += ["", "Injection classifier (MiniLM + logistic head) on test splits it never saw: S-Labs (MIT) and "
+            "neuralchemy (Apache-2.0), and the share of "
+            + (f"{held['rows']} everyday business requests (`{held['file']}`) it would refuse"
+               if held else "")
+            + ":", "",
+            "| threshold | S-Labs precision / recall | neuralchemy precision / recall | neuralchemy benign "
+            "flagged | everyday requests refused |",
+            "|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for c in d["classifier_test"]:
+        t, o = c["threshold"], other.get(c["threshold"])
+        o_cells = (
+            f"{o['precision']:.3f} / {o['recall']:.3f} | {o['false_positive_rate']:.3f}" if o else "— | —"
+        )
+        share = f"{refused[t]:.3f}" if t in refused else "—"
+        out.append(f"| {t} | {c['precision']:.3f} / {c['recall']:.3f} | {o_cells} | {share} |")
     tox = d.get("toxicity_test")
     if tox:
         out += ["", f"Toxicity ({tox['model']}) on the {tox['rows']} labelled rows of "

@@ -131,6 +131,8 @@ def main() -> None:
     }
     result["text_tokens"] = {"tokens": tokens}
     result["classifier_test"] = metrics["test"]
+    result["classifier_test_neuralchemy"] = metrics["test_neuralchemy"]
+    result["classifier_held_out_benign"] = metrics["held_out_benign"]
     result["toxicity_test"] = json.loads((HEAD_DIR / "toxicity_metrics.json").read_text())
     print(f"{'measure':32} {'p50 ms':>9} {'p99 ms':>9} {'n':>6}")
     for name in rows:
