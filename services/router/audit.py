@@ -81,6 +81,7 @@ def emit(audit: RequestAudit, route: Route) -> None:
                 "attempts": route.attempts,
                 "cache": route.cache,
                 "safety": route.safety,
+                "output_safety": route.output_safety,
                 "findings": sorted(set(audit.findings)),
                 "prompt_tokens": audit.prompt_tokens,
                 "completion_tokens": audit.completion_tokens,

@@ -541,8 +541,12 @@ class Pipeline:
         cost: float,
         audit: RequestAudit,
     ) -> None:
-        """Commit usage and cost, settle the rate limit (failures are logged: the answer was sent)."""
+        """Commit usage and cost, settle the rate limit (failures are logged: the answer was sent).
+
+        The audit event reports exactly what was billed (a redacted prompt is billed at the
+        length the model saw)."""
         audit.settled = True
+        audit.prompt_tokens, audit.completion_tokens = usage.prompt_tokens, usage.completion_tokens
         with audit.step("accounting"):
             try:
                 if res is not None:
