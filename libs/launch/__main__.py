@@ -10,6 +10,7 @@ exit status 2, before anything starts.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -96,6 +97,7 @@ def main() -> int:
     try:
         mesh.start()
         key = asyncio.run(install_dev_key(mesh.redis_url, up.dev_key))
+        (up.mesh.workdir / "mesh.json").write_text(json.dumps(mesh.describe(), indent=2) + "\n")
         print(f"llmesh ready at {mesh.url}  (OpenAI base URL {mesh.url}/v1)", flush=True)
         print(f"  API key: {key}", flush=True)
         print(f"  {describe_backend(up, mesh)}", flush=True)
@@ -106,6 +108,7 @@ def main() -> int:
             '-d \'{"model":"smollm2","messages":[{"role":"user","content":"Hi!"}]}\'',
             flush=True,
         )
+        print(f"  ports and PIDs of every part: {up.mesh.workdir / 'mesh.json'}", flush=True)
         print("Ctrl-C stops everything.", flush=True)
         stop.wait()
         return 0

@@ -121,6 +121,9 @@ def from_env(env: Mapping[str, str], *, triton_available: bool) -> UpConfig:
         ports={**ports, "envoy": port, "envoy-admin": admin},
         inference_replicas=_int(env, "REPLICAS_INFERENCE", 1, 1, 16),
         router_replicas=_int(env, "REPLICAS_ROUTER", 1, 1, 16),
+        service_replicas={
+            s: _int(env, f"REPLICAS_{s.upper()}", 1, 1, 16) for s in ("tokenizer", "safety", "cache")
+        },
         with_triton=with_triton,
         # With Triton, one more replica runs the engine in-process: both engines serve out of the
         # box, and the router retries on the embedded replica when Triton fails.

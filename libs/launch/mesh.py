@@ -64,6 +64,8 @@ class MeshConfig:
     with_envoy: bool = True
     with_gateway: bool = True
     with_triton: bool = False
+    service_replicas: dict[str, int] = field(default_factory=dict)
+    """Replicas of tokenizer, safety and cache (1 each when absent); the router balances over them."""
     embedded_replicas: int = 0
     """Inference replicas after the first `inference_replicas` that run the model in-process even
     when Triton serves the others (so one mesh has both engines, as `make up` does)."""
@@ -116,6 +118,11 @@ class Mesh:
         }
         self._spawn(name, [sys.executable, "-m", f"services.{service}"], env)
 
+    def replica_names(self, service: str) -> list[str]:
+        """Process names of one service's replicas: `tokenizer`, then `tokenizer-1`, ..."""
+        n = max(1, self.cfg.service_replicas.get(service, 1))
+        return [service, *(f"{service}-{i}" for i in range(1, n))]
+
     def addr(self, name: str) -> str:
         """host:port of a started part."""
         return f"127.0.0.1:{self.ports[name]}"
@@ -143,9 +150,11 @@ class Mesh:
         router_names = [f"router-{i}" for i in range(c.router_replicas)]
         if c.with_triton:
             self._start_triton()
-        self._service("tokenizer", "tokenizer", {})
-        self._service("safety", "safety", {})
-        self._service("cache", "cache", {"LLMESH_CACHE_REDIS_URL": self.redis_url})
+        replicas = {s: self.replica_names(s) for s in ("tokenizer", "safety", "cache")}
+        for service, names in replicas.items():
+            extra = {"LLMESH_CACHE_REDIS_URL": self.redis_url} if service == "cache" else {}
+            for name in names:
+                self._service(name, service, extra)
         for i, name in enumerate(inference_names):
             extra = {"LLMESH_INFERENCE_BACKEND": "embedded"}
             if c.with_triton and i < c.inference_replicas:
@@ -160,14 +169,14 @@ class Mesh:
                 name,
                 "router",
                 {
-                    "LLMESH_ROUTER_TOKENIZER_ADDR": self.addr("tokenizer"),
-                    "LLMESH_ROUTER_SAFETY_ADDR": self.addr("safety"),
-                    "LLMESH_ROUTER_CACHE_ADDR": self.addr("cache"),
+                    "LLMESH_ROUTER_TOKENIZER_ADDR": ",".join(map(self.addr, replicas["tokenizer"])),
+                    "LLMESH_ROUTER_SAFETY_ADDR": ",".join(map(self.addr, replicas["safety"])),
+                    "LLMESH_ROUTER_CACHE_ADDR": ",".join(map(self.addr, replicas["cache"])),
                     "LLMESH_ROUTER_INFERENCE_ADDRS": inference_addrs,
                     "LLMESH_ROUTER_REDIS_URL": self.redis_url,
                 },
             )
-        grpc_parts = ["tokenizer", "safety", "cache", *inference_names, *router_names]
+        grpc_parts = [*(n for names in replicas.values() for n in names), *inference_names, *router_names]
         if c.with_gateway:
             self._spawn(
                 "gateway",

@@ -18,6 +18,7 @@ about 1.6 s fails every call at once with DEADLINE_EXCEEDED.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Sequence
 
@@ -109,3 +110,37 @@ def make_channel(
             target, credentials, options=options, interceptors=client_interceptors()
         )
     return grpc.aio.insecure_channel(target, options=options, interceptors=client_interceptors())
+
+
+def _ip_family(host: str) -> str:
+    try:
+        address = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return ""
+    return f"ipv{address.version}"
+
+
+def grpc_target(addrs: str) -> str:
+    """The gRPC target for `host:port[,host:port...]`; raises ValueError on a malformed list.
+
+    One address is used as given (a DNS name, or `dns:///name:port`, resolving to several
+    replicas is balanced too); more than one must be IP literals of one family, the only way a
+    gRPC target lists addresses: `ipv4:10.0.0.1:50051,10.0.0.2:50051`. Calls then go round
+    robin over them (`service_config`).
+    """
+    parts = [a.strip() for a in addrs.split(",")]
+    if len(parts) == 1 and parts[0].startswith("dns:"):
+        return parts[0]
+    for part in parts:
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"expected host:port, got {part!r}")
+    if len(parts) == 1:
+        return parts[0]
+    families = {_ip_family(p.rpartition(":")[0]) for p in parts}
+    if len(families) != 1 or "" in families:
+        raise ValueError(
+            "several addresses must all be IPv4 or all IPv6 literals (host:port,host:port); "
+            "give one DNS name that resolves to every replica instead"
+        )
+    return f"{families.pop()}:{','.join(parts)}"

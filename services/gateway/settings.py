@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from libs.runtime.channels import grpc_target
 from libs.runtime.settings import ServiceSettings
 
 
@@ -41,41 +40,10 @@ class GatewaySettings(ServiceSettings):
     @field_validator("router_addr")
     @classmethod
     def _addr(cls, value: str) -> str:
-        router_target(value)
+        grpc_target(value)
         return value
 
     @property
     def router_target(self) -> str:
         """The gRPC target naming every router address."""
-        return router_target(self.router_addr)
-
-
-def _ip_family(host: str) -> str:
-    try:
-        address = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
-    except ValueError:
-        return ""
-    return f"ipv{address.version}"
-
-
-def router_target(addrs: str) -> str:
-    """The gRPC target for `host:port[,host:port...]`; raises ValueError on a malformed list.
-
-    One address is used as given (a DNS name resolving to several routers is balanced too); more
-    than one must be IP literals of one family, the only way a gRPC target lists addresses:
-    `ipv4:10.0.0.1:50051,10.0.0.2:50051`.
-    """
-    parts = [a.strip() for a in addrs.split(",")]
-    for part in parts:
-        host, sep, port = part.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"expected host:port, got {part!r}")
-    if len(parts) == 1:
-        return parts[0]
-    families = {_ip_family(p.rpartition(":")[0]) for p in parts}
-    if len(families) != 1 or "" in families:
-        raise ValueError(
-            "several router addresses must all be IPv4 or all IPv6 literals (host:port,host:port); "
-            "give one DNS name that resolves to every router instead"
-        )
-    return f"{families.pop()}:{','.join(parts)}"
+        return grpc_target(self.router_addr)

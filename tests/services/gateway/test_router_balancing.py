@@ -5,8 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from libs.runtime.channels import grpc_target
 from services.gateway.server import GatewayService
-from services.gateway.settings import GatewaySettings, router_target
+from services.gateway.settings import GatewaySettings
 from tests.services.gateway.fake_router import GOOD_KEY, build_fake_router
 
 
@@ -41,10 +42,11 @@ async def test_chat_completions_reach_every_router() -> None:
 
 
 def test_router_target_lists_every_address() -> None:
-    assert router_target("127.0.0.1:50051") == "127.0.0.1:50051"
-    assert router_target("router:50051") == "router:50051"  # one DNS name: every address it resolves to
-    assert router_target("127.0.0.1:1, 127.0.0.1:2") == "ipv4:127.0.0.1:1,127.0.0.1:2"
-    assert router_target("[::1]:1,[::1]:2") == "ipv6:[::1]:1,[::1]:2"
+    assert grpc_target("127.0.0.1:50051") == "127.0.0.1:50051"
+    assert grpc_target("router:50051") == "router:50051"  # one DNS name: every address it resolves to
+    assert grpc_target("127.0.0.1:1, 127.0.0.1:2") == "ipv4:127.0.0.1:1,127.0.0.1:2"
+    assert grpc_target("[::1]:1,[::1]:2") == "ipv6:[::1]:1,[::1]:2"
+    assert grpc_target("dns:///router:50051") == "dns:///router:50051"
 
 
 @pytest.mark.parametrize("bad", ["no-port", "127.0.0.1:1,", "a:1,b:2", "127.0.0.1:1,[::1]:2"])
