@@ -134,6 +134,30 @@ def _cpu_s(pid: int) -> float:
     return total
 
 
+def rss_mb(mesh: Mesh) -> dict[str, float]:
+    """Resident memory of each process (with its children), MiB, after the runs above."""
+    out: dict[str, float] = {}
+    for name, proc in mesh.procs.items():
+        pids, todo = [], [proc.pid]
+        while todo:
+            pid = todo.pop()
+            pids.append(pid)
+            try:
+                todo.extend(int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+            except OSError:
+                continue
+        kib = 0
+        for pid in pids:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            rss = [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")]
+            kib += rss[0] if rss else 0
+        out[name] = round(kib / 1024, 1)
+    return out
+
+
 async def cpu_per_request(mesh: Mesh, fn: Any, n: int) -> dict[str, float]:
     """CPU milliseconds each mesh process spends per call of `fn` (n sequential calls)."""
     pids = {name: proc.pid for name, proc in mesh.procs.items()}
@@ -236,7 +260,7 @@ async def bench(mesh: Mesh, requests: int, max_tokens: int) -> dict[str, Any]:
             "mesh": await cpu_per_request(mesh, run_mesh, requests),
         }
     return {"model": MODEL, "max_tokens": max_tokens, "prompt_tokens": len(ids), "levels": levels,
-            "cpu_ms_per_request": cpu}  # fmt: skip
+            "cpu_ms_per_request": cpu, "rss_mb": rss_mb(mesh)}  # fmt: skip
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -266,6 +290,7 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"{conc:>4} " + " ".join(f"{c:>13.2f}" for c in split))
     cpu = result["cpu_ms_per_request"]
     names = [n for n in cpu["mesh"] if cpu["mesh"][n] >= 0.05 or cpu["direct"][n] >= 0.05]
+    print("\nresident memory (MiB): " + ", ".join(f"{n} {v:.0f}" for n, v in result["rss_mb"].items()))
     print("\nCPU ms per request, concurrency 1 (2 cores shared by every process)")
     print(f"{'':>6} " + " ".join(f"{n:>11}" for n in names) + f" {'total':>11}")
     for mode in ("direct", "mesh"):

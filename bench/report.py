@@ -222,6 +222,11 @@ def mesh(d: Any) -> list[str]:
             row = cpu[kind]
             cells = [f"{row.get(n, 0):.1f}" for n in names]
             out.append(f"| {kind} | " + " | ".join(cells) + f" | {sum(row.values()):.1f} |")
+    rss = d.get("rss_mb")
+    if rss:
+        out += ["", "Resident memory of each process after those runs (MiB; inference holds the int8 "
+                "and fp32 models):", "", "| " + " | ".join(rss) + " |", "|" + "---:|" * len(rss),
+                "| " + " | ".join(f"{v:,.0f}" for v in rss.values()) + " |"]  # fmt: skip
     return out
 
 
