@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from services.cache.keys import Namespace
@@ -161,7 +162,10 @@ class RedisStore:
             timeout=slow_timeout_s,
             socket_timeout=slow_timeout_s,
             socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
+            # One immediate retry on a broken connection only: after Redis restarts, every pooled
+            # connection fails once on first use, and that must not read as Redis being down.
+            # Slowness is never retried here (each call's own timeout bounds it).
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             health_check_interval=0,
         )
         client = aioredis.Redis(connection_pool=pool)

@@ -141,3 +141,31 @@ async def test_waiter_keeps_waiting_through_a_stalled_redis(
             assert _retried() > retried
     finally:
         redis.stop()
+
+
+async def test_a_restarted_redis_costs_no_call(tmp_path: Path, make_server: ServerFactory) -> None:
+    """Every pooled connection is broken after Redis restarts; each call still succeeds (one
+    immediate reconnect), instead of the first use of each stale connection failing."""
+    redis = RedisServer(log_dir=tmp_path).start()
+    try:
+        async with make_server(redis.url, health_interval_s=0.1, redis_timeout_ms=500) as (service, stub):
+            t = tenant()
+            await asyncio.gather(
+                *[stub.Store(pb.StoreRequest(key=key(t, [i]), response=response("a"))) for i in range(16)]
+            )
+            redis.kill()
+            redis.start()  # same port, empty data: the pool's connections are all dead
+
+            async def recovered() -> bool:
+                return await _health(service.port, SERVICE_NAME) == health_pb2.HealthCheckResponse.SERVING
+
+            await _until(recovered)
+            stored = await asyncio.gather(
+                *[
+                    stub.Store(pb.StoreRequest(key=key(t, [100 + i]), response=response("b")))
+                    for i in range(16)
+                ]
+            )
+            assert all(r.stored for r in stored), [r.stored for r in stored]
+    finally:
+        redis.stop()
