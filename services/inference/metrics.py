@@ -7,6 +7,8 @@ process, so the Triton backend records the same names as the service sees its re
 
 from __future__ import annotations
 
+import time
+
 from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -129,16 +131,26 @@ class RequestSpan:
     def __init__(self, model: str) -> None:
         self.span = trace.get_current_span()
         self.span.set_attribute("llmesh.model", model)
+        self._submitted_ns = time.time_ns()  # made right after the request was submitted
         self._steps = self._batch_max = self._batch_sum = 0
 
     def record(self, delta: Delta, extra: dict[str, AttributeValue] | None = None) -> None:
-        """Add the events one delta stands for."""
+        """Add the events one delta stands for.
+
+        The first delta says how long the request queued (from submission) and how long its
+        prefill took (`ttft_ms`, from admission to the first token); those two events are stamped
+        at the moments they describe (the end of the wait, the end of the prefill), not when the
+        delta reached this span.
+        """
         if delta.first:
-            self.span.add_event("queue_wait", {"llmesh.queue_ms": delta.queue_ms, **(extra or {})})
+            admitted = self._submitted_ns + int(delta.queue_ms * 1e6)
+            first_token = admitted + int(delta.ttft_ms * 1e6)
+            self.span.add_event("queue_wait", {"llmesh.queue_ms": delta.queue_ms, **(extra or {})}, admitted)
             self.span.add_event(
                 "prefill",
                 {"llmesh.ttft_ms": delta.ttft_ms, "llmesh.prefix_reused_tokens": delta.cached_tokens,
                  **(extra or {})},
+                first_token,
             )  # fmt: skip
         elif delta.token_ids:
             self._steps, self._batch_sum = self._steps + 1, self._batch_sum + delta.batch_size

@@ -73,6 +73,12 @@ async def test_decode_steps_carry_batch_size_and_tokens(engine: Engine) -> None:
         # The first token comes from the prefill; every later one from a decode step.
         assert 2 <= completion <= NEW_TOKENS and len(steps) == completion - 1
         assert all(s["llmesh.tokens"] == 1 and 1 <= s["llmesh.batch_size"] <= 4 for s in steps)
+        # Each event is stamped when what it describes happened: the wait ends, then the prefill
+        # gives the first token, then the decode steps follow.
+        stamps = {e.name: e.timestamp for e in reversed(span.events)}  # first of each name
+        assert span.start_time <= stamps["queue_wait"] <= stamps["prefill"] <= stamps["decode_step"]
+        prefill_ms = _events(span, "prefill")[0]["llmesh.ttft_ms"]
+        assert abs((stamps["prefill"] - stamps["queue_wait"]) / 1e6 - prefill_ms) < 0.01
         (done,) = _events(span, "decode")
         assert done["llmesh.decode_steps"] == len(steps)
         assert done["llmesh.batch_size_max"] == max(s["llmesh.batch_size"] for s in steps)
