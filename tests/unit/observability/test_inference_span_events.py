@@ -76,6 +76,7 @@ async def test_decode_steps_carry_batch_size_and_tokens(engine: Engine) -> None:
         # Each event is stamped when what it describes happened: the wait ends, then the prefill
         # gives the first token, then the decode steps follow.
         stamps = {e.name: e.timestamp for e in reversed(span.events)}  # first of each name
+        assert span.start_time is not None
         assert span.start_time <= stamps["queue_wait"] <= stamps["prefill"] <= stamps["decode_step"]
         prefill_ms = _events(span, "prefill")[0]["llmesh.ttft_ms"]
         assert abs((stamps["prefill"] - stamps["queue_wait"]) / 1e6 - prefill_ms) < 0.01
