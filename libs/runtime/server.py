@@ -80,13 +80,17 @@ class GrpcService:
         """Bind, start, run start hooks, then report SERVING."""
         s = self.settings
         max_bytes = s.max_message_mb * 1024 * 1024
+        options: list[tuple[str, int]] = [
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        if s.max_connection_age_s > 0:
+            # GOAWAY after this age; calls in flight finish (no grace limit is set).
+            options.append(("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)))
         server = grpc.aio.server(
             interceptors=[ServerInterceptor(self.name)],
-            options=[
-                ("grpc.max_receive_message_length", max_bytes),
-                ("grpc.max_send_message_length", max_bytes),
-                ("grpc.so_reuseport", 0),
-            ],
+            options=options,
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
         )
         for register, servicer, _ in self._servicers:

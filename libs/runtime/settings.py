@@ -45,3 +45,9 @@ class ServiceSettings(BaseSettings):
     max_concurrent_rpcs: int = Field(
         1024, gt=0, description="Calls served at once; more are refused with RESOURCE_EXHAUSTED."
     )
+    max_connection_age_s: float = Field(
+        300.0,
+        ge=0,
+        description="Seconds after which a client connection is asked to reconnect (running calls "
+        "finish first), so clients resolve the service again and spread over new replicas; 0 = never.",
+    )
