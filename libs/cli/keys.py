@@ -8,15 +8,14 @@ The Redis address comes from `--redis-url` or `LLMESH_REDIS_URL`; the pepper fro
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
 import time
 from collections.abc import Sequence
 
+from libs.cli.command import run_command
 from libs.keys import KeyRecord, KeyStore
-from libs.runtime.errors import LlmeshError
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -134,9 +133,4 @@ async def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str]) -> int:
     """`llmesh keys ...`; returns the exit status."""
-    args = _parser().parse_args(list(argv))
-    try:
-        return asyncio.run(_run(args))
-    except LlmeshError as exc:
-        print(f"llmesh keys: {exc.message}", file=sys.stderr)
-        return 1
+    return run_command(_parser(), _run, argv)

@@ -9,15 +9,13 @@ Routers pick a change up within the key cache's lifetime (5 s).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import sys
 from collections.abc import Sequence
 
+from libs.cli.command import run_command
 from libs.cli.keys import _common
 from libs.keys import KeyStore, TenantSettings
 from libs.keys.store import fail_mode_setting
-from libs.runtime.errors import LlmeshError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,9 +57,4 @@ async def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str]) -> int:
     """`llmesh tenants ...`; returns the exit status."""
-    args = _parser().parse_args(list(argv))
-    try:
-        return asyncio.run(_run(args))
-    except LlmeshError as exc:
-        print(f"llmesh tenants: {exc.message}", file=sys.stderr)
-        return 1
+    return run_command(_parser(), _run, argv)

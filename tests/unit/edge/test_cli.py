@@ -13,9 +13,9 @@ from libs.keys import apikey
 from libs.testing.redis_server import RedisServer
 
 
-def llmesh(redis: RedisServer, *args: str) -> subprocess.CompletedProcess[str]:
+def llmesh(redis: RedisServer, *args: str, command: str = "keys") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "libs.cli.main", "keys", "--redis-url", redis.url, *args],
+        [sys.executable, "-m", "libs.cli.main", command, "--redis-url", redis.url, *args],
         capture_output=True,
         text=True,
         timeout=30,
@@ -61,14 +61,7 @@ def test_dispatch_unknown_and_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_tenants_set_and_show(redis_proc: RedisServer) -> None:
     def tenants(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "libs.cli.main", "tenants", "--redis-url", redis_proc.url, *args],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env={"LLMESH_KEY_PEPPER": "cli-test", "PATH": "/usr/bin:/bin"},
-            check=False,
-        )
+        return llmesh(redis_proc, *args, command="tenants")
 
     assert (
         json.loads(tenants("show", "--tenant", "clitenant", "--json").stdout)["safety_fail_mode"] == "inherit"
