@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 import grpc
@@ -12,18 +11,11 @@ from llmesh.common.v1 import generation_pb2 as gen_pb
 from llmesh.inference.v1 import inference_service_pb2 as pb
 from llmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
+from tests.services.inference.load import fill, idle
+
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 MODEL = "smollm2-135m-int8"
 Chat = Callable[[str], list[int]]
-
-
-async def _idle(stub: pb_grpc.InferenceServiceStub) -> pb.GetLoadResponse:
-    for _ in range(500):
-        load = await stub.GetLoad(pb.GetLoadRequest())
-        if load.running == 0 and load.queued == 0:
-            return load
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"still busy: {load}")
 
 
 async def test_health_is_serving_after_load(channel: grpc.aio.Channel) -> None:
@@ -93,7 +85,7 @@ async def test_over_long_prompt_is_invalid_argument(stub: pb_grpc.InferenceServi
 
 
 async def test_cancelled_stream_frees_the_slot(stub: pb_grpc.InferenceServiceStub, chat: Chat) -> None:
-    await _idle(stub)
+    await idle(stub)
     call = stub.GenerateStream(
         pb.GenerateStreamRequest(
             model=MODEL,
@@ -108,32 +100,17 @@ async def test_cancelled_stream_frees_the_slot(stub: pb_grpc.InferenceServiceStu
             break
     assert (await stub.GetLoad(pb.GetLoadRequest())).running == 1
     call.cancel()
-    load = await _idle(stub)
+    load = await idle(stub)
     assert load.max_batch == 4 and load.max_queue == 2
 
 
 async def test_queue_full_is_resource_exhausted(stub: pb_grpc.InferenceServiceStub, chat: Chat) -> None:
-    await _idle(stub)
-    request = pb.GenerateStreamRequest(
-        model=MODEL,
-        prompt_token_ids=chat("Write a long essay."),
-        sampling=gen_pb.SamplingParams(max_tokens=300),
-    )
-    running = []
-    for _ in range(4):
-        running.append(stub.GenerateStream(request))
-        await running[-1].read()
-    queued = [stub.GenerateStream(request) for _ in range(2)]
-    for _ in range(500):
-        if (await stub.GetLoad(pb.GetLoadRequest())).queued == 2:
-            break
-        await asyncio.sleep(0.01)
+    await idle(stub)
+    request, calls, _ = await fill(stub, MODEL, chat("Write a long essay."), running=4, queued=2)
     refused = stub.GenerateStream(request)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await refused.read()
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    extra = [refused]
-    calls = [*running, *queued]
-    for c in [*calls, *extra]:
+    for c in [*calls, refused]:
         c.cancel()
-    await _idle(stub)
+    await idle(stub)

@@ -34,6 +34,7 @@ from services.inference.server import build_server
 from services.inference.settings import InferenceSettings
 from services.inference.triton_backend import TritonBackend
 from tests.models import MODELS, ensure_int8
+from tests.services.inference.load import fill, idle
 
 pytestmark = [pytest.mark.triton, pytest.mark.asyncio(loop_scope="session")]
 MODEL = "smollm2-135m-int8"
@@ -82,15 +83,6 @@ async def triton(tritonserver: str) -> AsyncIterator[Triton]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
         yield Triton(tritonserver, pb_grpc.InferenceServiceStub(channel), registry)
     await service.stop(1.0)
-
-
-async def _idle(stub: pb_grpc.InferenceServiceStub) -> pb.GetLoadResponse:
-    for _ in range(1000):
-        load = await stub.GetLoad(pb.GetLoadRequest())
-        if load.running == 0 and load.queued == 0:
-            return load
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"still busy: {load}")
 
 
 async def test_list_models_reports_triton(triton: Triton) -> None:
@@ -225,7 +217,7 @@ async def test_absent_inputs_take_the_engine_defaults(
 
 
 async def test_service_records_the_engine_metrics(triton: Triton, chat: Chat) -> None:
-    await _idle(triton.stub)
+    await idle(triton.stub)
     names = {
         "ttft": "llmesh_inference_time_to_first_token_seconds_count",
         "itl": "llmesh_inference_inter_token_seconds_count",
@@ -279,23 +271,9 @@ async def test_span_carries_tritons_own_times(triton: Triton, chat: Chat) -> Non
 async def test_queue_full_keeps_the_retry_hint(triton: Triton, chat: Chat) -> None:
     """Last in the module: Triton's engine drops the cancelled requests after the service has."""
     stub = triton.stub
-    await _idle(stub)
+    await idle(stub)
     rejected = triton.sample("llmesh_inference_requests_rejected_total")
-    request = pb.GenerateStreamRequest(
-        model=MODEL,
-        prompt_token_ids=chat("Write a long essay."),
-        sampling=gen_pb.SamplingParams(max_tokens=300),
-    )
-    running = []
-    for _ in range(4):
-        running.append(stub.GenerateStream(request))
-        await running[-1].read()
-    queued = [stub.GenerateStream(request) for _ in range(2)]
-    for _ in range(1000):
-        load = await stub.GetLoad(pb.GetLoadRequest())
-        if load.queued == 2:
-            break
-        await asyncio.sleep(0.01)
+    request, calls, load = await fill(stub, MODEL, chat("Write a long essay."), running=4, queued=2)
     # GetLoad reports what this service has in flight at Triton and Triton's engine limits.
     assert (load.running, load.queued, load.max_batch, load.max_queue) == (4, 2, 4, 2)
     assert triton.sample("llmesh_inference_running_sequences") == 4
@@ -315,7 +293,7 @@ async def test_queue_full_keeps_the_retry_hint(triton: Triton, chat: Chat) -> No
     assert retry.retry_delay.ToNanoseconds() > 0
     assert any(k == RETRY_AFTER_KEY for k, _ in trailers or ())
     assert triton.sample("llmesh_inference_requests_rejected_total") == rejected + 1
-    for c in [*running, *queued, refused]:
+    for c in [*calls, refused]:
         c.cancel()
-    await _idle(stub)
+    await idle(stub)
     assert triton.sample("llmesh_inference_running_sequences") == 0
