@@ -59,6 +59,22 @@ def start_mesh(workdir: Path, inference_replicas: int = 1, router_replicas: int 
     return Mesh(cfg).start()
 
 
+def extra_router_env(mesh: Mesh, port: int, **overrides: str) -> dict[str, str]:
+    """Environment of one more router process on `port`, wired to `mesh`'s services (overrides win)."""
+    return {
+        **ROUTER_ENV,
+        "OTEL_TRACES_EXPORTER": "none",
+        "LLMESH_ROUTER_PORT": str(port),
+        "LLMESH_ROUTER_METRICS_PORT": "-1",
+        "LLMESH_ROUTER_TOKENIZER_ADDR": mesh.addr("tokenizer"),
+        "LLMESH_ROUTER_SAFETY_ADDR": mesh.addr("safety"),
+        "LLMESH_ROUTER_CACHE_ADDR": mesh.addr("cache"),
+        "LLMESH_ROUTER_INFERENCE_ADDRS": mesh.addr("inference-0"),
+        "LLMESH_ROUTER_REDIS_URL": mesh.redis_url,
+        **overrides,
+    }
+
+
 @pytest.fixture(scope="session")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     m = start_mesh(tmp_path_factory.mktemp("router-mesh"))

@@ -16,7 +16,7 @@ from llmesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
 from libs.launch.mesh import Mesh, grpc_serving
 from libs.testing.process import ManagedProcess, free_port
-from tests.services.router.conftest import ROUTER_ENV, auth, chat, create_key, start_mesh, wait_for
+from tests.services.router.conftest import auth, chat, create_key, extra_router_env, start_mesh, wait_for
 
 CLIENT_TIMEOUT_S = 90.0
 ROUTER_ERRORS = {
@@ -56,18 +56,12 @@ async def test_unresponsive_tokenizer_hits_its_deadline(fault_mesh: Mesh, tmp_pa
     blackhole.bind(("127.0.0.1", 0))
     blackhole.listen(16)
     port = free_port()
-    env = {
-        **ROUTER_ENV,
-        "OTEL_TRACES_EXPORTER": "none",
-        "LLMESH_ROUTER_PORT": str(port),
-        "LLMESH_ROUTER_METRICS_PORT": "-1",
-        "LLMESH_ROUTER_TOKENIZER_ADDR": f"127.0.0.1:{blackhole.getsockname()[1]}",
-        "LLMESH_ROUTER_TOKENIZER_TIMEOUT_S": "0.5",
-        "LLMESH_ROUTER_SAFETY_ADDR": fault_mesh.addr("safety"),
-        "LLMESH_ROUTER_CACHE_ADDR": fault_mesh.addr("cache"),
-        "LLMESH_ROUTER_INFERENCE_ADDRS": fault_mesh.addr("inference-0"),
-        "LLMESH_ROUTER_REDIS_URL": fault_mesh.redis_url,
-    }
+    env = extra_router_env(
+        fault_mesh,
+        port,
+        LLMESH_ROUTER_TOKENIZER_ADDR=f"127.0.0.1:{blackhole.getsockname()[1]}",
+        LLMESH_ROUTER_TOKENIZER_TIMEOUT_S="0.5",
+    )
     proc = ManagedProcess(
         "router-slow-tok", [sys.executable, "-m", "services.router"], tmp_path / "r.log", env=env
     )

@@ -18,7 +18,7 @@ from llmesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
 from libs.launch.mesh import Mesh, grpc_serving
 from libs.testing.process import ManagedProcess, free_port
-from tests.services.router.conftest import ROOT, ROUTER_ENV, auth, chat, create_key
+from tests.services.router.conftest import ROOT, auth, chat, create_key, extra_router_env
 
 UPSTREAM_KEY = "sk-standin-0123456789"
 seen: list[dict[str, object]] = []
@@ -77,19 +77,9 @@ def _registry(path: Path, upstream: str, dead: str) -> Path:
 def hybrid_router(mesh: Mesh, upstream: str, tmp_path: Path) -> Iterator[str]:
     port = free_port()
     registry = _registry(tmp_path / "models.yaml", upstream, f"http://127.0.0.1:{free_port()}/v1")
-    env = {
-        **ROUTER_ENV,
-        "OTEL_TRACES_EXPORTER": "none",
-        "STANDIN_API_KEY": UPSTREAM_KEY,
-        "LLMESH_ROUTER_PORT": str(port),
-        "LLMESH_ROUTER_METRICS_PORT": "-1",
-        "LLMESH_ROUTER_REGISTRY_FILE": str(registry),
-        "LLMESH_ROUTER_TOKENIZER_ADDR": mesh.addr("tokenizer"),
-        "LLMESH_ROUTER_SAFETY_ADDR": mesh.addr("safety"),
-        "LLMESH_ROUTER_CACHE_ADDR": mesh.addr("cache"),
-        "LLMESH_ROUTER_INFERENCE_ADDRS": mesh.addr("inference-0"),
-        "LLMESH_ROUTER_REDIS_URL": mesh.redis_url,
-    }
+    env = extra_router_env(
+        mesh, port, STANDIN_API_KEY=UPSTREAM_KEY, LLMESH_ROUTER_REGISTRY_FILE=str(registry)
+    )
     proc = ManagedProcess(
         "router-hybrid", [sys.executable, "-m", "services.router"], tmp_path / "r.log", env=env
     )
