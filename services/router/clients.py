@@ -40,7 +40,17 @@ def channel(
 
 
 def upstream_error(err: grpc.aio.AioRpcError, upstream: str) -> LlmeshError:
-    """A downstream failure as a typed error whose message names the service that failed."""
+    """A downstream failure as a typed error whose message names the service that failed.
+
+    CANCELLED here is the callee dropping the call (a server that began shutting down as the
+    call arrived, or whose grace period ran out): our own cancellations surface as
+    asyncio.CancelledError, never as an RPC error. To the router that is the callee being
+    unavailable, so it is retried elsewhere like any other UNAVAILABLE.
+    """
+    if err.code() == grpc.StatusCode.CANCELLED:
+        return Unavailable(
+            f"{upstream}: dropped the call (CANCELLED; shutting down?)", reason="UPSTREAM_CANCELLED"
+        )
     exc = from_rpc_error(err, upstream=upstream)
     if not exc.message.startswith(upstream):
         exc.message = f"{upstream}: {exc.message}"
