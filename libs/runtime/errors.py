@@ -170,6 +170,17 @@ _FROM_CODE: dict[grpc.StatusCode, type[LlmeshError]] = {
 }
 
 
+def error_for_code(
+    code: grpc.StatusCode, message: str, *, reason: str = "", retry_after_s: float | None = None
+) -> LlmeshError:
+    """The typed error for a status code (UNAVAILABLE for codes without a type of their own)."""
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ResourceExhausted(
+            message, retry_after_s=1.0 if retry_after_s is None else retry_after_s, reason=reason
+        )
+    return _FROM_CODE.get(code, Unavailable)(message, reason=reason)
+
+
 def from_rpc_error(err: grpc.aio.AioRpcError, *, upstream: str) -> LlmeshError:
     """Re-raise a downstream call's failure as a typed error, keeping its reason and retry hint."""
     md = err.trailing_metadata()
@@ -177,10 +188,7 @@ def from_rpc_error(err: grpc.aio.AioRpcError, *, upstream: str) -> LlmeshError:
     info = error_info(status) if status else None
     reason = info.reason if info else ""
     message = err.details() or f"{upstream} failed with {err.code().name}"
-    if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        retry = next((float(v) for k, v in md or () if k == RETRY_AFTER_KEY), 1.0)
-        return ResourceExhausted(message, retry_after_s=retry, reason=reason)
-    cls = _FROM_CODE.get(err.code(), Unavailable)
-    if cls is Unavailable and err.code() != grpc.StatusCode.UNAVAILABLE:
+    if err.code() not in _FROM_CODE and err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
         message = f"{upstream}: {err.code().name}: {message}"
-    return cls(message, reason=reason)
+    retry = next((float(v) for k, v in md or () if k == RETRY_AFTER_KEY), None)
+    return error_for_code(err.code(), message, reason=reason, retry_after_s=retry)

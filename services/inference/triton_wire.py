@@ -23,18 +23,10 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import grpc
 import numpy as np
 
-from libs.runtime.errors import (
-    Cancelled,
-    DeadlineExceeded,
-    FailedPrecondition,
-    InvalidArgument,
-    LlmeshError,
-    NotFound,
-    ResourceExhausted,
-    Unavailable,
-)
+from libs.runtime.errors import LlmeshError, Unavailable, error_for_code
 from services.inference.generation import Delta, FinishReason, GenerationRequest, SamplingConfig
 
 ERROR_MARK = "llmesh-error "
@@ -49,19 +41,6 @@ SAMPLING_INPUTS: dict[str, tuple[str, type[np.generic], type]] = {
     "max_tokens": ("INT32", np.int32, int),
     "seed": ("INT64", np.int64, int),
 }
-_ERRORS: dict[str, type[LlmeshError]] = {
-    cls.__name__: cls
-    for cls in (
-        InvalidArgument,
-        NotFound,
-        FailedPrecondition,
-        ResourceExhausted,
-        Unavailable,
-        DeadlineExceeded,
-        Cancelled,
-    )
-}
-
 Tensors = Callable[[str], "np.ndarray | None"]
 
 
@@ -152,7 +131,7 @@ def encode_error(exc: BaseException) -> str:
     """An error as the message of a Triton error response."""
     error = exc if isinstance(exc, LlmeshError) else Unavailable(str(exc))
     body: dict[str, str | float] = {
-        "kind": type(error).__name__,
+        "code": error.code.name,
         "message": error.message,
         "reason": error.reason,
     }
@@ -169,10 +148,12 @@ def decode_error(message: str) -> LlmeshError | None:
         return None
     try:
         body, _ = json.JSONDecoder().raw_decode(message, at + len(ERROR_MARK))
-        cls = _ERRORS.get(str(body["kind"]), Unavailable)
-        text, reason = str(body["message"]), str(body.get("reason", ""))
-        if cls is ResourceExhausted:
-            return ResourceExhausted(text, reason=reason, retry_after_s=float(body.get("retry_after_s", 1.0)))
-        return cls(text, reason=reason)
+        retry = body.get("retry_after_s")
+        return error_for_code(
+            grpc.StatusCode[str(body["code"])],
+            str(body["message"]),
+            reason=str(body.get("reason", "")),
+            retry_after_s=None if retry is None else float(retry),
+        )
     except (ValueError, KeyError, TypeError):
         return None
