@@ -238,12 +238,19 @@ class RedisStore:
         return None, int(reply[0]) == 2
 
     async def put_entry(self, ns: Namespace, entry_hash: str, blob: bytes, ttl_s: int, lease: str) -> None:
-        """SET the entry with its TTL and release the lease if this caller still holds it."""
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.set(ns.entry_key(entry_hash), blob, ex=ttl_s)
-            if lease:
-                await self._release(keys=[ns.lease_key(entry_hash)], args=[lease], client=pipe)
-            await self._run(pipe.execute())
+        """SET the entry with its TTL and release the lease if this caller still holds it.
+
+        Pipelines run whole inside the call's timeout, handing their connection back included.
+        """
+
+        async def write() -> None:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.set(ns.entry_key(entry_hash), blob, ex=ttl_s)
+                if lease:
+                    await self._release(keys=[ns.lease_key(entry_hash)], args=[lease], client=pipe)
+                await pipe.execute()
+
+        await self._run(write())
 
     async def release_lease(self, ns: Namespace, entry_hash: str, lease: str) -> bool:
         """Give a lease back without storing (compare-and-delete)."""
@@ -278,10 +285,14 @@ class RedisStore:
         self, ns: Namespace, after_version: int, count: int, timeout_s: float | None = None
     ) -> tuple[str | None, list[LogEntry]]:
         """The namespace generation and up to `count` changes after `after_version`."""
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.get(f"{ns.prefix}gen")
-            pipe.xrange(f"{ns.prefix}log", min=f"({after_version}-0", max="+", count=count)
-            generation, raw = await self._run(pipe.execute(), timeout_s)
+
+        async def read() -> list[Any]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.get(f"{ns.prefix}gen")
+                pipe.xrange(f"{ns.prefix}log", min=f"({after_version}-0", max="+", count=count)
+                return list(await pipe.execute())
+
+        generation, raw = await self._run(read(), timeout_s)
         entries = []
         for stream_id, fields in raw:
             version = int(_text(stream_id).split("-")[0])  # type: ignore[union-attr]
@@ -298,11 +309,15 @@ class RedisStore:
 
     async def snapshot(self, ns: Namespace, timeout_s: float) -> Snapshot:
         """Generation, version and every vector, read atomically (MULTI)."""
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.get(f"{ns.prefix}gen")
-            pipe.get(f"{ns.prefix}ver")
-            pipe.hgetall(f"{ns.prefix}vec")
-            generation, version, vectors = await self._run(pipe.execute(), timeout_s)
+
+        async def read() -> list[Any]:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.get(f"{ns.prefix}gen")
+                pipe.get(f"{ns.prefix}ver")
+                pipe.hgetall(f"{ns.prefix}vec")
+                return list(await pipe.execute())
+
+        generation, version, vectors = await self._run(read(), timeout_s)
         return Snapshot(
             generation=_text(generation),
             version=int(version or 0),

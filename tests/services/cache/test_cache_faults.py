@@ -25,7 +25,7 @@ from .test_cache_service import key, response, tenant
 async def _health(port: int, service: str) -> int:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=service)
+            health_pb2.HealthCheckRequest(service=service), timeout=5
         )
         return int(reply.status)
 
@@ -151,7 +151,10 @@ async def test_a_restarted_redis_costs_no_call(tmp_path: Path, make_server: Serv
         async with make_server(redis.url, health_interval_s=0.1, redis_timeout_ms=500) as (service, stub):
             t = tenant()
             await asyncio.gather(
-                *[stub.Store(pb.StoreRequest(key=key(t, [i]), response=response("a"))) for i in range(16)]
+                *[
+                    stub.Store(pb.StoreRequest(key=key(t, [i]), response=response("a")), timeout=10)
+                    for i in range(16)
+                ]
             )
             redis.kill()
             redis.start()  # same port, empty data: the pool's connections are all dead
@@ -162,7 +165,7 @@ async def test_a_restarted_redis_costs_no_call(tmp_path: Path, make_server: Serv
             await _until(recovered)
             stored = await asyncio.gather(
                 *[
-                    stub.Store(pb.StoreRequest(key=key(t, [100 + i]), response=response("b")))
+                    stub.Store(pb.StoreRequest(key=key(t, [100 + i]), response=response("b")), timeout=10)
                     for i in range(16)
                 ]
             )
